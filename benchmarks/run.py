@@ -1,0 +1,882 @@
+"""Side-by-side benchmarks: the downloader against curl, aria2c, wget2 and parfive.
+
+    .venv/bin/python benchmarks/run.py [--quick] [--only NAME] [--runs N] [--json PATH]
+
+Everything is served from 127.0.0.1 by an nginx started here with its own config, logs and
+data under .bench/ (gitignored). Each scenario runs the downloader and its peers in the same
+session, interleaved (peer, downloader, peer, downloader, ...), checks the size and sha256 of
+every output file against the file served (wrong bytes fail the run), and reports the median
+wall time and the median CPU time (user + sys of the child, from os.wait4) against the
+product's targets. Exit status: 0 when every run was correct and every target met, 1 otherwise.
+
+Standard library only; the peers are run through their own command lines, and the tools the
+script needs are installed with apt-get when missing.
+"""
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / ".bench"
+HERE = Path(__file__).resolve().parent
+VENV_PYTHON = ROOT / ".venv" / "bin" / "python"
+PYTHON = str(VENV_PYTHON if VENV_PYTHON.exists() else Path(sys.executable))
+
+KiB = 1024
+MiB = 1024 * KiB
+
+DELAY = 0.05
+"""Seconds nginx waits before every response under /delay/."""
+SLOW_RATE = 2 * MiB
+"""Bytes a second per connection under /slow/ (nginx `limit_rate 2m` means 2 MiB/s)."""
+FAIL_RATE = 0.2
+"""Share of responses under /flaky/ that are a 503 with Retry-After: 0."""
+
+ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
+APT_PACKAGES = {"nginx": "nginx-light", "curl": "curl", "aria2c": "aria2", "wget2": "wget2"}
+"""The programs this script runs, and the Debian package of each."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass(frozen=True)
+class DataSet:
+    """`count` random files of `size` bytes, made once under .bench/data/ and reused."""
+
+    prefix: str
+    count: int
+    size: int
+
+    @property
+    def folder(self) -> str:
+        return f"{self.prefix}-{self.count}x{self.size}"
+
+    @property
+    def total(self) -> int:
+        return self.count * self.size
+
+    def names(self) -> list[str]:
+        return [f"{self.prefix}{i:05d}.bin" for i in range(self.count)]
+
+    def describe(self) -> str:
+        return f"{self.count} x {human_size(self.size)}"
+
+
+Digests = dict[str, tuple[int, str]]
+"""File name -> (size, sha256 hex) of what a download must produce."""
+
+
+def ensure_data(data: DataSet) -> Digests:
+    """Make the files of `data` unless they are there from an earlier run; return their digests."""
+    folder = BENCH / "data" / data.folder
+    manifest = folder / "manifest.json"
+    if manifest.exists():
+        known = {name: tuple(value) for name, value in json.loads(manifest.read_text()).items()}
+        if sorted(known) == data.names() and all(
+            (folder / name).is_file() and (folder / name).stat().st_size == data.size for name in known
+        ):
+            return known
+    print(f"making {data.describe()} of random bytes in {folder}", flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    digests = {}
+    for name in data.names():
+        digest = hashlib.sha256()
+        with open(folder / name, "wb") as out:
+            left = data.size
+            while left:
+                chunk = os.urandom(min(left, 4 * MiB))
+                out.write(chunk)
+                digest.update(chunk)
+                left -= len(chunk)
+        digests[name] = (data.size, digest.hexdigest())
+    manifest.write_text(json.dumps(digests))
+    return digests
+
+
+def verify(out: Path, expected: Digests) -> str | None:
+    """None when `out` holds exactly the expected files with the expected bytes, else what is wrong."""
+    found = {path.relative_to(out).as_posix(): path for path in out.rglob("*") if path.is_file()}
+    missing = sorted(expected.keys() - found.keys())
+    extra = sorted(found.keys() - expected.keys())
+    if missing or extra:
+        return (f"{len(missing)} missing {missing[:3]}, {len(extra)} unexpected {extra[:3]} "
+                f"({len(found)} files found, {len(expected)} expected)")
+    for name, (size, sha256) in sorted(expected.items()):
+        got = found[name].stat().st_size
+        if got != size:
+            return f"{name}: {got} bytes, expected {size}"
+        with open(found[name], "rb") as data:
+            if hashlib.file_digest(data, "sha256").hexdigest() != sha256:
+                return f"{name}: wrong bytes (sha256 differs)"
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools and servers
+
+
+def ensure_tools() -> None:
+    """Install with apt-get whatever program (or the nginx echo module) is missing."""
+    path = f"{os.environ.get('PATH', '')}:/usr/sbin:/usr/local/sbin"
+    wanted = [pkg for tool, pkg in APT_PACKAGES.items() if not shutil.which(tool, path=path)]
+    if not ECHO_MODULE.exists():
+        wanted.append("libnginx-mod-http-echo")
+    if not wanted:
+        return
+    print(f"installing {' '.join(wanted)} with apt-get", flush=True)
+    if os.geteuid() != 0:
+        sys.exit(f"run.py: {' '.join(wanted)} missing and not root: apt-get install -y {' '.join(wanted)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    install = ["apt-get", "install", "-y", "--no-install-recommends", *wanted]
+    if subprocess.run(install, env=env).returncode != 0:
+        subprocess.run(["apt-get", "update"], env=env, check=False)
+        subprocess.run(install, env=env, check=False)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
+    if not found or not ECHO_MODULE.exists():
+        sys.exit("run.py: nginx with the echo module is needed (apt-get install nginx-light "
+                 "libnginx-mod-http-echo) and could not be installed")
+    return found
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with status {proc.returncode} before listening")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} is not listening on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+NGINX_CONF = """\
+load_module @ECHO@;
+daemon off;
+master_process on;
+worker_processes 1;
+worker_rlimit_nofile 8192;
+pid @DIR@/nginx.pid;
+error_log @DIR@/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path @DIR@/tmp/body;
+    proxy_temp_path @DIR@/tmp/proxy;
+    fastcgi_temp_path @DIR@/tmp/fastcgi;
+    uwsgi_temp_path @DIR@/tmp/uwsgi;
+    scgi_temp_path @DIR@/tmp/scgi;
+    types { }
+    default_type application/octet-stream;
+    split_clients "${request_id}" $bench_fail { @FAIL_PERCENT@% 1; * 0; }
+    server {
+        listen 127.0.0.1:@PORT@;
+        # every response waits @DELAY@ s on a timer (echo module), then the static file is sent
+        location ~ ^/delay/(.*)$ { echo_sleep @DELAY@; echo_exec /static/$1; }
+        location /static/ { internal; alias @DATA@/; }
+        location /files/ { alias @DATA@/; }
+        location /slow/ { alias @DATA@/; limit_rate @RATE@; sendfile off; }
+        location /flaky/ {
+            alias @DATA@/;
+            if ($bench_fail) { add_header Retry-After 0 always; return 503; }
+        }
+    }
+}
+"""
+
+
+class Nginx:
+    """nginx in the foreground (master + 1 worker) on a free loopback port, serving `data`."""
+
+    def __init__(self, data: Path):
+        self.data = data
+        self.dir = BENCH / "nginx"
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> "Nginx":
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (self.dir / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "nginx.conf"
+        values = {"@ECHO@": str(ECHO_MODULE), "@DIR@": str(self.dir), "@DATA@": str(self.data),
+                  "@PORT@": str(self.port), "@DELAY@": f"{DELAY:g}", "@RATE@": f"{SLOW_RATE // MiB}m",
+                  "@FAIL_PERCENT@": f"{FAIL_RATE * 100:g}"}
+        text = NGINX_CONF
+        for key, value in values.items():
+            text = text.replace(key, value)
+        conf.write_text(text)
+        log = open(self.dir / "stderr.log", "wb")
+        self.proc = subprocess.Popen(
+            [nginx_binary(), "-p", str(self.dir), "-c", str(conf), "-e", str(self.dir / "error.log")],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        log.close()
+        wait_for_port(self.port, self.proc, f"nginx (see {self.dir}/error.log)")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.proc:
+            stop(self.proc)
+
+
+MOCK_SERVE = """\
+import sys
+from pathlib import Path
+from downloader.mockserver import MockConfig, serve
+config = MockConfig(fail_rate=float(sys.argv[3]), faults=("503",), retry_after="0")
+serve(Path(sys.argv[1]), "127.0.0.1", int(sys.argv[2]), config, lambda url: print(url, flush=True))
+"""
+
+
+def mock_server_available() -> bool:
+    probe = "from downloader.mockserver import MockConfig, serve"
+    done = subprocess.run([PYTHON, "-c", probe], capture_output=True, cwd=ROOT)
+    return done.returncode == 0
+
+
+class MockFaults:
+    """The project's own mock server (downloader.mockserver) failing FAIL_RATE of GETs with a 503 and
+    Retry-After: 0. Its faults are drawn per URL and per GET number, from a fixed seed, so a server
+    started afresh before each run (`fresh`) serves every tool the very same fault sequence."""
+
+    def __init__(self, data: Path):
+        self.data = data
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.log = BENCH / "mockserver.log"
+
+    def fresh(self) -> None:
+        self.close()
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [PYTHON, "-c", MOCK_SERVE, str(self.data), str(self.port), str(FAIL_RATE)],
+                cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+        wait_for_port(self.port, self.proc, f"mock server (see {self.log})")
+
+    def traffic(self) -> str:
+        """What the server saw since it started: GETs and HEADs in all."""
+        with urllib.request.urlopen(f"{self.base}/__stats", timeout=10) as answer:
+            counts = list(json.load(answer).values())
+        return (f"server saw {sum(c.get('gets', 0) for c in counts)} GETs, "
+                f"{sum(c.get('heads', 0) for c in counts)} HEADs")
+
+    def close(self) -> None:
+        if self.proc:
+            stop(self.proc)
+            self.proc = None
+
+    def __enter__(self) -> "MockFaults":
+        self.fresh()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Server checks: the delays, caps and faults the scenarios rely on, measured with curl
+
+
+def curl_times(urls: list[str], parallel: int = 0, head: bool = False) -> tuple[float, list[list[str]]]:
+    """Fetch `urls` with one curl (in parallel when asked); wall time and, per transfer,
+    [http_code, time_total, size_download, retry-after header]."""
+    with tempfile.NamedTemporaryFile("w", suffix=".cfg", delete=False) as cfg:
+        for url in urls:
+            cfg.write(f'url = "{url}"\noutput = "/dev/null"\n')
+    write_out = r"%{http_code} %{time_total} %{size_download} %header{retry-after}\n"
+    argv = ["curl", "-s", "-K", cfg.name, "-w", write_out]
+    if parallel:
+        argv[1:1] = ["--parallel", "--parallel-immediate", "--parallel-max", str(parallel)]
+    if head:
+        argv.insert(1, "-I")
+    start = time.perf_counter()
+    out = subprocess.run(argv, capture_output=True, text=True, check=False).stdout
+    wall = time.perf_counter() - start
+    os.unlink(cfg.name)
+    return wall, [(line.split() + [""])[:4] for line in out.splitlines() if line.strip()]
+
+
+@dataclass
+class Check:
+    name: str
+    measured: str
+    ok: bool
+
+
+def check_servers(urls: dict[str, str], small: str, medium: str, medium_size: int) -> list[Check]:
+    """Measure that /delay/ delays each response, /slow/ caps the rate and /flaky/ fails as meant."""
+    checks = []
+    delay_url = urls["delay"] + small
+    _, rows = curl_times([delay_url] * 5)
+    times = [float(row[1]) for row in rows]
+    median = statistics.median(times)
+    checks.append(Check(f"GET /delay/ waits {DELAY * 1000:.0f} ms", f"median {median * 1000:.1f} ms of 5",
+                        DELAY * 0.9 <= median <= DELAY + 0.05 and all(row[0] == "200" for row in rows)))
+    _, rows = curl_times([delay_url] * 3, head=True)
+    median = statistics.median(float(row[1]) for row in rows)
+    checks.append(Check("HEAD /delay/ waits too", f"median {median * 1000:.1f} ms of 3",
+                        median >= DELAY * 0.9))
+    wall, rows = curl_times([delay_url] * 32, parallel=32)
+    checks.append(Check("32 parallel GETs on /delay/ overlap", f"{wall * 1000:.0f} ms for all 32",
+                        wall < DELAY * 4 and all(row[0] == "200" for row in rows)))
+    probe = min(2 * MiB, medium_size)
+    start = time.perf_counter()
+    subprocess.run(["curl", "-s", "-r", f"0-{probe - 1}", "-o", "/dev/null", urls["slow"] + medium],
+                   check=False)
+    rate = probe / (time.perf_counter() - start)
+    checks.append(Check(f"/slow/ holds {SLOW_RATE / MiB:g} MiB/s per connection",
+                        f"{rate / MiB:.2f} MiB/s over {human_size(probe)}", 0.85 <= rate / SLOW_RATE <= 1.2))
+    _, rows = curl_times([urls["flaky"] + small] * 200, parallel=16)
+    failed = [row for row in rows if row[0] == "503"]
+    share = len(failed) / max(1, len(rows))
+    checks.append(Check(f"{FAIL_RATE:.0%} of responses on the fault server are 503 + Retry-After: 0",
+                        f"{len(failed)}/{len(rows)} 503s",
+                        abs(share - FAIL_RATE) < 0.08 and all(row[3] == "0" for row in failed)
+                        and all(row[0] in ("200", "503") for row in rows)))
+    return checks
+
+
+# ---------------------------------------------------------------------------------------------
+# One function per tool invocation. Each takes the job and returns the argv to time.
+
+
+@dataclass
+class Job:
+    """What one run of a scenario fetches, and where to."""
+
+    urls: list[str]
+    out: Path
+    work: Path
+    expected: Digests
+
+    def url_list(self) -> Path:
+        path = self.work / "urls.txt"
+        if not path.exists():
+            path.write_text("".join(url + "\n" for url in self.urls))
+        return path
+
+    def sha256(self) -> str:
+        """The digest of the one file of a single-file job."""
+        (value,) = self.expected.values()
+        return value[1]
+
+
+def curl_parallel(job: Job, jobs: int) -> list[str]:
+    cfg = job.work / "curl.cfg"
+    cfg.write_text("".join(f'url = "{url}"\noutput = "{job.out / url.rsplit("/", 1)[-1]}"\n'
+                           for url in job.urls))
+    return ["curl", "--parallel", "--parallel-max", str(jobs), "-s", "--create-dirs", "-K", str(cfg)]
+
+
+def curl_single(job: Job) -> list[str]:
+    (url,) = job.urls
+    return ["curl", "-s", "-o", str(job.out / url.rsplit("/", 1)[-1]), url]
+
+
+def aria2c(job: Job, *options: str) -> list[str]:
+    return ["aria2c", "-q", "--no-conf", "-d", str(job.out), "-i", str(job.url_list()), *options]
+
+
+def wget2(job: Job, jobs: int) -> list[str]:
+    return ["wget2", "-q", "--no-config", f"--max-threads={jobs}", "-P", str(job.out),
+            "-i", str(job.url_list())]
+
+
+def parfive(job: Job, jobs: int, *options: str) -> list[str]:
+    return [PYTHON, str(HERE / "parfive_get.py"), "-j", str(jobs), "-d", str(job.out), *options,
+            str(job.url_list())]
+
+
+def downloader(job: Job, mode: str, *options: str) -> list[str]:
+    sources = job.urls if len(job.urls) == 1 else ["-i", str(job.url_list())]
+    return [PYTHON, "-m", "downloader", "get", *sources, "-d", str(job.out), "-m", mode,
+            "--no-progress", "-q", *options]
+
+
+def downloader_help(job: Job) -> list[str]:
+    return [PYTHON, "-m", "downloader", "--help"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Scenarios
+
+
+@dataclass(frozen=True)
+class Variant:
+    label: str
+    tool: str
+    """"downloader" for the product; otherwise the program the peer needs."""
+    build: Callable[[Job], list[str]]
+    needs: tuple[str, ...] = ()
+    """Options of `downloader get` this variant uses that may not exist yet."""
+
+    @property
+    def is_peer(self) -> bool:
+        return self.tool != "downloader"
+
+
+@dataclass(frozen=True)
+class Target:
+    variant: str
+    metric: str
+    """"wall" or "cpu": the variant's median."""
+    ref: str
+    """"limit" (the scenario's theoretical limit), "abs" (seconds), "best peer" (the peer with the
+    lowest median wall time) or another variant's label."""
+    factor: float
+    strict: bool = False
+    """True for `<`, False for `<=`."""
+
+    def describe(self) -> str:
+        sign = "<" if self.strict else "<="
+        if self.ref == "abs":
+            return f"{self.metric} {sign} {self.factor:g} s"
+        return f"{self.metric} {sign} {self.factor:g} x {self.ref}"
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    data: DataSet | None
+    location: str
+    """Which server prefix the files come from: delay, files, slow or flaky."""
+    variants: tuple[Variant, ...]
+    targets: tuple[Target, ...]
+    limit: float | None = None
+    runs: int | None = None
+    """Repetitions, when not the command line's --runs."""
+    timeout: float = 180.0
+
+
+def scenarios(quick: bool) -> list[Scenario]:
+    small = DataSet("small", 200 if quick else 1000, 16 * KiB)
+    medium = DataSet("medium", 8 if quick else 20, (2 if quick else 4) * MiB)
+    big = DataSet("big", 1, (64 if quick else 512) * MiB)
+    retry = DataSet("retry", 100 if quick else 300, 16 * KiB)
+    jobs, segments, min_segment = 32, 8, "512K"
+    # aria2c's smallest piece (-k) is 1M: its best split of a medium file, with as many connections in all
+    aria2_split = min(segments, medium.size // MiB)
+
+    def dl(mode: str, *options: str) -> Callable[[Job], list[str]]:
+        return lambda job: downloader(job, mode, *options)
+
+    many_jobs = ("-j", str(jobs))
+    seg_options = ("-j", str(jobs), "-s", str(segments), "--min-segment-size", min_segment)
+    return [
+        Scenario(
+            "many-small",
+            f"{small.describe()} from /delay/ ({DELAY * 1000:.0f} ms a response), {jobs} at a time",
+            small, "delay",
+            (Variant("curl", "curl", lambda job: curl_parallel(job, jobs)),
+             Variant("aria2c", "aria2c", lambda job: aria2c(job, "-j", str(jobs))),
+             Variant("wget2", "wget2", lambda job: wget2(job, jobs)),
+             Variant("dl async", "downloader", dl("async", *many_jobs)),
+             Variant("dl thread", "downloader", dl("thread", *many_jobs))),
+            (Target("dl async", "wall", "limit", 1.10), Target("dl thread", "wall", "limit", 1.25)),
+            limit=math.ceil(small.count / jobs) * DELAY,
+        ),
+        Scenario(
+            "one-big", f"one {human_size(big.size)} file from /files/ (sendfile)", big, "files",
+            (Variant("curl", "curl", curl_single),
+             Variant("dl async -s 1", "downloader", dl("async", "-s", "1"), needs=("-s",)),
+             Variant("dl async", "downloader", dl("async")),
+             Variant("dl thread", "downloader", dl("thread")),
+             Variant("dl async +checksum", "downloader",
+                     lambda job: downloader(job, "async", "--checksum", f"sha-256={job.sha256()}"),
+                     needs=("--checksum",))),
+            tuple(Target(label, metric, "curl", factor)
+                  for label in ("dl async -s 1", "dl async", "dl thread")
+                  for metric, factor in (("wall", 1.3), ("cpu", 2.0)))
+            + (Target("dl async +checksum", "wall", "dl async", 1.15),),
+            timeout=600.0,
+        ),
+        Scenario(
+            "segmented-slow",
+            f"{medium.describe()} from /slow/ ({SLOW_RATE / MiB:g} MiB/s a connection), "
+            f"{jobs} connections in {segments}-segment files",
+            medium, "slow",
+            (Variant("aria2c", "aria2c", lambda job: aria2c(
+                job, "-j", str(jobs // aria2_split), "-x", str(aria2_split), "-s", str(aria2_split),
+                "-k", "1M")),
+             Variant("dl async", "downloader", dl("async", *seg_options), needs=("-s", "--min-segment-size")),
+             Variant("dl thread", "downloader", dl("thread", *seg_options),
+                     needs=("-s", "--min-segment-size"))),
+            (Target("dl async", "wall", "limit", 1.10),),
+            limit=medium.total / (jobs * SLOW_RATE),
+        ),
+        Scenario(
+            "retry-503",
+            f"{retry.describe()}, {FAIL_RATE:.0%} of responses 503 with Retry-After: 0, {jobs} at a time",
+            retry, "flaky",
+            (Variant("parfive", "parfive", lambda job: parfive(job, jobs)),
+             Variant("parfive splits=1", "parfive", lambda job: parfive(job, jobs, "--max-splits", "1")),
+             Variant("dl async", "downloader", dl("async", *many_jobs)),
+             Variant("dl thread", "downloader", dl("thread", *many_jobs))),
+            (Target("dl async", "wall", "best peer", 1.0, strict=True),
+             Target("dl thread", "wall", "best peer", 1.0, strict=True)),
+        ),
+        Scenario(
+            "help", "python -m downloader --help", None, "",
+            (Variant("dl --help", "downloader", downloader_help),),
+            (Target("dl --help", "wall", "abs", 0.3, strict=True),),
+            runs=3 if quick else 10, timeout=30.0,
+        ),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+
+
+@dataclass
+class Run:
+    wall: float
+    user: float
+    sys: float
+    rc: int
+    error: str | None = None
+    server: str | None = None
+    """What the fault server saw during the run, when it can tell."""
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.sys
+
+
+@dataclass
+class Outcome:
+    """All the runs of one variant, or why it was skipped."""
+
+    label: str
+    argv: list[str] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    skipped: str | None = None
+
+    @property
+    def failures(self) -> list[Run]:
+        return [run for run in self.runs if run.error]
+
+    def median(self, metric: str) -> float | None:
+        good = [getattr(run, metric) for run in self.runs if not run.error]
+        return statistics.median(good) if good else None
+
+
+def timed(argv: list[str], log: Path, timeout: float, env: dict[str, str] | None = None) -> Run:
+    """Run argv to its end; wall time, and the child's own rusage from os.wait4."""
+    os.sync()  # write back the previous run's pages now rather than during this one
+    with open(log, "wb") as out:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                cwd=BENCH, env=env)
+        timer = threading.Timer(timeout, proc.kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    run = Run(wall, usage.ru_utime, usage.ru_stime, proc.returncode)
+    if wall >= timeout:
+        run.error = f"killed after {timeout:.0f} s"
+    elif run.rc != 0:
+        run.error = f"exit status {run.rc}"
+    return run
+
+
+def log_tail(log: Path, lines: int = 5) -> str:
+    text = log.read_text(errors="replace").strip().splitlines()
+    return " | ".join(text[-lines:])
+
+
+def downloader_options() -> set[str] | None:
+    """The options `downloader get --help` lists, or None while the CLI does not run."""
+    env = dict(os.environ, COLUMNS="250", NO_COLOR="1", TERM="dumb", PYTHONPATH=str(ROOT))
+    try:
+        done = subprocess.run([PYTHON, "-m", "downloader", "get", "--help"], capture_output=True, text=True,
+                              cwd=ROOT, env=env, timeout=60)
+    except subprocess.TimeoutExpired:
+        return None
+    if done.returncode != 0:
+        return None
+    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", done.stdout))
+
+
+def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, runs: int,
+                 options: set[str] | None, mock: MockFaults | None) -> list[Outcome]:
+    """Every run of every variant, interleaved; `mock`, when the faults come from it, is restarted
+    before each run of the flaky scenario."""
+    work = BENCH / "work" / scenario.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    out = BENCH / "out"
+    names = scenario.data.names() if scenario.data else []
+    job = Job([urls.get(scenario.location, "") + f"{scenario.data.folder}/{name}" for name in names],
+              out, work, expected)
+    child_env = dict(os.environ, PYTHONPATH=str(ROOT))
+    outcomes = []
+    for variant in scenario.variants:
+        outcome = Outcome(variant.label)
+        outcome.skipped = skip_reason(variant, options)
+        if not outcome.skipped:
+            shutil.rmtree(out, ignore_errors=True)
+            outcome.argv = variant.build(job)
+        outcomes.append(outcome)
+    active = [(variant, outcome) for variant, outcome in zip(scenario.variants, outcomes)
+              if not outcome.skipped]
+    if scenario.name == "help" and active and shutil.which("hyperfine"):
+        for variant, outcome in active:
+            outcome.runs = hyperfine(outcome.argv, scenario.runs or runs, child_env)
+        return outcomes
+    for index in range(scenario.runs or runs):
+        for variant, outcome in active:
+            shutil.rmtree(out, ignore_errors=True)
+            out.mkdir(parents=True)
+            log = work / f"{variant.label.replace(' ', '_').replace('=', '')}.{index}.log"
+            if mock and scenario.location == "flaky":
+                mock.fresh()
+            run = timed(outcome.argv, log, scenario.timeout, child_env)
+            if mock and scenario.location == "flaky":
+                run.server = mock.traffic()
+            if scenario.data is not None and not run.error:
+                run.error = verify(out, expected)
+            if run.error:
+                run.error += f" [{log_tail(log)}]" if log.stat().st_size else ""
+                print(f"  ! {scenario.name} / {variant.label} run {index + 1}: {run.error}", flush=True)
+            outcome.runs.append(run)
+    shutil.rmtree(out, ignore_errors=True)
+    return outcomes
+
+
+def skip_reason(variant: Variant, options: set[str] | None) -> str | None:
+    if variant.tool == "downloader":
+        if options is None:
+            return "downloader CLI not available (python -m downloader get --help fails)"
+        missing = [name for name in variant.needs if name not in options]
+        return f"`get --help` lists no {', '.join(missing)}" if missing else None
+    if variant.tool == "parfive":
+        done = subprocess.run([PYTHON, "-c", "import parfive"], capture_output=True)
+        return None if done.returncode == 0 else f"parfive is not installed in {PYTHON}"
+    return None if shutil.which(variant.tool) else f"{variant.tool} is not installed"
+
+
+def hyperfine(argv: list[str], runs: int, env: dict[str, str]) -> list[Run]:
+    """Time argv `runs` times with hyperfine (no shell, 2 warm-up runs)."""
+    export = BENCH / "work" / "hyperfine.json"
+    subprocess.run(["hyperfine", "-N", "--warmup", "2", "--runs", str(runs), "--style", "none",
+                    "--export-json", str(export), shlex.join(argv)], cwd=BENCH, env=env,
+                   stdout=subprocess.DEVNULL, check=False)
+    if not export.exists():
+        return [Run(0.0, 0.0, 0.0, -1, "hyperfine failed")]
+    (result,) = json.loads(export.read_text())["results"]
+    codes = result.get("exit_codes") or [0] * len(result["times"])
+    return [Run(wall, result["user"], result["system"], code, f"exit status {code}" if code else None)
+            for wall, code in zip(result["times"], codes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def verdict(target: Target, scenario: Scenario, outcomes: dict[str, Outcome]) -> tuple[str, str]:
+    """("PASS"|"FAIL"|"SKIP", detail) for one target."""
+    outcome = outcomes[target.variant]
+    if outcome.skipped:
+        return "SKIP", outcome.skipped
+    if outcome.failures:
+        return "FAIL", f"{len(outcome.failures)}/{len(outcome.runs)} runs failed: {outcome.failures[0].error}"
+    value = outcome.median(target.metric)
+    if target.ref == "limit":
+        ref = scenario.limit
+    elif target.ref == "abs":
+        ref = 1.0
+    else:
+        other = best_peer(scenario, outcomes) if target.ref == "best peer" else outcomes[target.ref]
+        ref = None if other is None or other.skipped or other.failures else other.median(target.metric)
+    if ref is None or value is None:
+        return "SKIP", f"no clean runs of {target.ref}"
+    bound = target.factor * ref
+    ok = value < bound if target.strict else value <= bound
+    return ("PASS" if ok else "FAIL"), f"{value:.3f} s vs {bound:.3f} s"
+
+
+def best_peer(scenario: Scenario, outcomes: dict[str, Outcome]) -> Outcome | None:
+    """The peer with the lowest median wall time among those whose every run was correct."""
+    peers = [outcomes[v.label] for v in scenario.variants if v.is_peer]
+    clean = [peer for peer in peers if peer.runs and not peer.skipped and not peer.failures]
+    return min(clean, key=lambda peer: peer.median("wall"), default=None)
+
+
+def print_report(scenario: Scenario, outcomes: list[Outcome]) -> list[dict]:
+    by_label = {outcome.label: outcome for outcome in outcomes}
+    best = best_peer(scenario, by_label)
+    limit = f"; theoretical limit {scenario.limit:.2f} s" if scenario.limit else ""
+    print(f"\n== {scenario.name}: {scenario.title}{limit}")
+    header = (f"{'tool':<20} {'wall med':>9} {'cpu med':>9} {'runs ok':>8} {'vs best peer':>13} "
+              f"{'vs limit':>9}")
+    print(header + "  targets")
+    verdicts = []
+    for variant in scenario.variants:
+        outcome = by_label[variant.label]
+        if outcome.skipped:
+            print(f"{variant.label:<20} {'SKIP':>9}  {outcome.skipped}")
+            continue
+        wall, cpu = outcome.median("wall"), outcome.median("cpu")
+        ok_runs = f"{len(outcome.runs) - len(outcome.failures)}/{len(outcome.runs)}"
+        vs_peer = f"{wall / best.median('wall'):.2f}x" if wall and best else "-"
+        vs_limit = f"{wall / scenario.limit:.2f}x" if wall and scenario.limit else "-"
+        marks = []
+        for target in scenario.targets:
+            if target.variant == variant.label:
+                status, detail = verdict(target, scenario, by_label)
+                marks.append(f"{target.describe()}: {status} ({detail})")
+                verdicts.append({"variant": variant.label, "target": target.describe(), "status": status,
+                                 "detail": detail})
+        print(f"{variant.label:<20} {fmt_seconds(wall):>9} {fmt_seconds(cpu):>9} {ok_runs:>8} "
+              f"{vs_peer:>13} {vs_limit:>9}  {'; '.join(marks)}")
+    if best:
+        print(f"(best peer: {best.label})")
+    for outcome in outcomes:
+        if outcome.runs and outcome.runs[0].server:
+            print(f"  {outcome.label}, run 1: {outcome.runs[0].server}")
+    return verdicts
+
+
+def fmt_seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def human_size(size: int) -> str:
+    for unit, scale in (("MiB", MiB), ("KiB", KiB)):
+        if size >= scale and size % scale == 0:
+            return f"{size // scale} {unit}"
+    return f"{size} B"
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the downloader against curl, aria2c, "
+                                                 "wget2 and parfive on a local nginx.")
+    parser.add_argument("--quick", action="store_true", help="1 run each, smaller files (smoke check)")
+    parser.add_argument("--only", action="append", metavar="NAME",
+                        help="run only this scenario (repeatable, or comma-separated)")
+    parser.add_argument("--runs", type=int, default=None, help="repetitions per tool (default 5, quick 1)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="write every raw run here")
+    parser.add_argument("--faults", choices=("auto", "mock", "nginx"), default="auto",
+                        help="where the 503s come from: the project's mock server (deterministic, "
+                             "restarted before each run), nginx (split_clients on $request_id, random) "
+                             "or auto: the mock server when downloader.mockserver imports")
+    args = parser.parse_args(argv)
+    runs = args.runs or (1 if args.quick else 5)
+
+    chosen = scenarios(args.quick)
+    if args.only:
+        wanted = {name for item in args.only for name in item.split(",") if name}
+        unknown = wanted - {scenario.name for scenario in chosen}
+        if unknown:
+            parser.error(f"unknown scenario {', '.join(sorted(unknown))}; "
+                         f"known: {', '.join(scenario.name for scenario in chosen)}")
+        chosen = [scenario for scenario in chosen if scenario.name in wanted]
+
+    ensure_tools()
+    BENCH.mkdir(exist_ok=True)
+    options = downloader_options()
+    print(f"downloader CLI: {'found' if options is not None else 'NOT AVAILABLE, its runs are skipped'}")
+    every_set = {s.name: s.data for s in scenarios(args.quick)}
+    small, medium = every_set["many-small"], every_set["segmented-slow"]  # the server checks use them
+    needed = {small, medium} | {scenario.data for scenario in chosen if scenario.data}
+    digests = {data: ensure_data(data) for data in sorted(needed, key=lambda d: d.total)}
+    use_mock = args.faults == "mock" or (args.faults == "auto" and mock_server_available())
+
+    report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                          "python": PYTHON, "runs": runs, "quick": args.quick},
+              "server": {"delay_s": DELAY, "slow_rate_bytes_s": SLOW_RATE, "fail_rate": FAIL_RATE,
+                         "faults": "mock" if use_mock else "nginx"},
+              "checks": [], "scenarios": []}
+    all_good = True
+    with ExitStack() as servers:
+        nginx = servers.enter_context(Nginx(BENCH / "data"))
+        urls = {location: f"{nginx.base}/{location}/" for location in ("delay", "files", "slow", "flaky")}
+        print(f"nginx on {nginx.base} (config {nginx.dir / 'nginx.conf'})")
+        mock = servers.enter_context(MockFaults(BENCH / "data")) if use_mock else None
+        if mock:
+            urls["flaky"] = f"{mock.base}/"
+            print(f"503s from the project's mock server on {mock.base}, restarted before every run")
+        else:
+            print("503s from nginx (split_clients on $request_id: random, not the same for every tool)")
+        checks = check_servers(urls, f"{small.folder}/{small.names()[0]}",
+                               f"{medium.folder}/{medium.names()[0]}", medium.size)
+        for check in checks:
+            print(f"  check {'ok  ' if check.ok else 'FAIL'} {check.name}: {check.measured}")
+            all_good &= check.ok
+        report["checks"] = [asdict(check) for check in checks]
+        for scenario in chosen:
+            print(f"\nrunning {scenario.name} ...", flush=True)
+            outcomes = run_scenario(scenario, urls, digests.get(scenario.data, {}), runs, options, mock)
+            verdicts = print_report(scenario, outcomes)
+            all_good &= all(v["status"] != "FAIL" for v in verdicts)
+            all_good &= not any(outcome.failures for outcome in outcomes)
+            report["scenarios"].append({
+                "name": scenario.name, "title": scenario.title, "limit_s": scenario.limit,
+                "verdicts": verdicts,
+                "variants": [{"label": o.label, "argv": o.argv, "skipped": o.skipped,
+                              "median_wall_s": o.median("wall"), "median_cpu_s": o.median("cpu"),
+                              "runs": [dict(asdict(run), cpu=run.cpu) for run in o.runs]}
+                             for o in outcomes]})
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"\nraw runs written to {args.json}")
+    return 0 if all_good else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

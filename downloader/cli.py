@@ -1,0 +1,192 @@
+"""The command line: a thin typer layer over the public API. It parses options, builds the
+config, calls the API, prints the summary and maps the outcome to an exit code; nothing else in
+the package calls sys.exit. Heavy modules (requests, aiohttp, tqdm) are imported lazily, so
+`downloader --help` answers at once.
+
+Exit codes: 0 everything done (downloaded or already there); 1 some URL failed or some input line
+was rejected (the rest still ran); 2 usage error; 130 interrupted.
+"""
+from __future__ import annotations
+
+import enum
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import DownloaderError, UsageError
+
+EXIT_CODES_HELP = ("Exit codes: 0 everything done (downloaded or already there); 1 some URL failed or "
+                   "some input line was rejected (the rest still ran); 2 usage error; 130 interrupted.")
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None,
+                  help="Parallel file downloader: sequential, thread and async engines; segmented, "
+                       "resumable, verified downloads; a misbehaving mock server to test against.\n\n"
+                       + EXIT_CODES_HELP)
+
+
+class Mode(str, enum.Enum):
+    async_ = "async"
+    thread = "thread"
+    sequential = "sequential"
+
+
+class PostExecutor(str, enum.Enum):
+    process = "process"
+    thread = "thread"
+    inline = "inline"
+
+
+def _fail(message: str, code: int) -> "typer.Exit":
+    print(f"downloader: {message}", file=sys.stderr)
+    return typer.Exit(code)
+
+
+@app.command(help="Download URLs (arguments, a URL file, or stdin) into a folder.\n\n" + EXIT_CODES_HELP)
+def get(
+    urls: Optional[List[str]] = typer.Argument(None, help="URLs to fetch; with none and no -i, stdin is "
+                                               "read when it is not a terminal.", show_default=False),
+    input_file: Optional[str] = typer.Option(None, "-i", "--input-file", help="A URL file (plain or "
+                                             "aria2-style); '-' is stdin."),
+    dest: Path = typer.Option(Path("."), "-d", "--dir", help="Output folder, created if missing."),
+    mode: Mode = typer.Option(Mode.async_, "-m", "--mode", help="Engine."),
+    jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Connections in flight at once, segments "
+                             "included."),
+    per_host: Optional[int] = typer.Option(None, "--per-host", min=1, help="Connections to one host at "
+                                           "once (default: no extra cap)."),
+    retries: int = typer.Option(5, "--retries", min=0, help="Retries after the first try."),
+    timeout: str = typer.Option("30", "--timeout", help="Connect timeout and stall timeout (no byte for "
+                                "that long), in seconds; never a cap on a whole transfer."),
+    header: List[str] = typer.Option([], "--header", help="Extra request header 'Name: value' (repeatable)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Fetch again files that already exist."),
+    segments: int = typer.Option(4, "-s", "--segments", min=1, help="Connections per file, for files that "
+                                 "accept ranges."),
+    min_segment_size: str = typer.Option("8M", "--min-segment-size", help="Smallest segment (e.g. 512K, 8M)."),
+    max_speed: Optional[str] = typer.Option(None, "--max-speed", help="Cap for the whole batch (2M, 500K)."),
+    checksum: Optional[str] = typer.Option(None, "--checksum", help="ALGO=HEX the file must match (one URL)."),
+    sums: Optional[Path] = typer.Option(None, "--sums", help="A sha256sum/md5sum-style file to verify against."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Write 'HEX  NAME' sha256 lines for "
+                                            "every file of the batch."),
+    post: List[str] = typer.Option([], "--post", help="Post-process each file: sha256, md5, blake2b, fib:N "
+                                   "(repeatable)."),
+    post_executor: PostExecutor = typer.Option(PostExecutor.process, "--post-executor",
+                                               help="Where post tasks run."),
+    post_workers: Optional[int] = typer.Option(None, "--post-workers", min=1, help="Post workers "
+                                               "(default: CPU count)."),
+    report: Optional[Path] = typer.Option(None, "--report", help="JSON lines, one object per URL."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Bars (default: when "
+                                            "stderr is a terminal).", show_default=False),
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the final summary line."),
+    verbose: bool = typer.Option(False, "-v", "--verbose", help="Also say each retry and restart."),
+    chunk_size: str = typer.Option("256K", "--chunk-size", hidden=True),
+) -> None:
+    from . import api
+    from .progress import BarReporter, LineReporter
+
+    if checksum and (input_file or len(urls or []) != 1):
+        raise _fail("--checksum goes with exactly one URL (use checksum= lines or --sums for lists)",
+                    api.EXIT_USAGE)
+    show_bars = (sys.stderr.isatty() if progress is None else progress) and not quiet
+    reporter = BarReporter(verbose=verbose) if show_bars else LineReporter(verbose=verbose and not quiet)
+    try:
+        downloader = api.Downloader(
+            dest, mode=mode.value, jobs=jobs, per_host=per_host, retries=retries, timeout=timeout,
+            headers=header, overwrite=overwrite, segments=segments, min_segment_size=min_segment_size,
+            max_speed=max_speed, checksum=checksum, sums_file=sums, manifest=manifest, post=post,
+            post_executor=post_executor.value, post_workers=post_workers, chunk_size=chunk_size,
+            reporter=reporter, report=report, keep_results=False)
+        for url in urls or []:
+            downloader.enqueue(url)
+        if input_file:
+            downloader.enqueue_file(input_file)
+        elif not urls:
+            if sys.stdin is None or sys.stdin.isatty():
+                raise UsageError("no URLs: give them as arguments, with -i FILE, or on stdin")
+            downloader.enqueue_file("-")
+        results = downloader.run()
+    except UsageError as exc:
+        reporter.close()
+        raise _fail(str(exc), api.EXIT_USAGE)
+    except DownloaderError as exc:
+        reporter.close()
+        raise _fail(str(exc), api.EXIT_SOME_FAILED)
+    _print_summary(results)
+    if results.interrupted:
+        raise typer.Exit(api.EXIT_INTERRUPTED)
+    raise typer.Exit(api.EXIT_OK if results.success else api.EXIT_SOME_FAILED)
+
+
+def _print_summary(results, limit: int = 20) -> None:
+    err = sys.stderr
+    for result in results.failures[:limit]:
+        print(f"failed: {result.url}: {result.error}", file=err)
+    if len(results.failures) > limit:
+        print(f"... and {len(results.failures) - limit} more failures (see --report)", file=err)
+    print(("interrupted: " if results.interrupted else "done: ") + results.summary(), file=err)
+    if results.interrupted:
+        print("partial files are kept as .part: run the same command again to resume", file=err)
+
+
+@app.command(help="Serve a folder on loopback with Range/ETag/HEAD and faults on demand (the mock server).")
+def serve(
+    root: Optional[Path] = typer.Argument(None, help="Folder to serve (virtual files under /gen/ "
+                                          "work without one)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port; 0 picks a free one."),
+    latency: str = typer.Option("0", "--latency", help="Delay before each response (50ms, 1s)."),
+    rate: Optional[str] = typer.Option(None, "--rate", help="Bandwidth cap per connection (1M, 500K)."),
+    fail_rate: float = typer.Option(0.0, "--fail-rate", min=0.0, max=1.0, help="Share of GETs that fail."),
+    faults: str = typer.Option("503", "--faults", help="Comma-separated kinds fail-rate draws from: 503, "
+                               "429, reset, truncate, lie, stall, ignore-range, etag-change."),
+    retry_after: str = typer.Option("0", "--retry-after", help="Retry-After for 503/429: N or date:N."),
+    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same faults per URL."),
+) -> None:
+    from .config import parse_duration, parse_rate
+    from . import mockserver
+
+    if root is not None and not root.is_dir():
+        raise _fail(f"{root} is not a folder", 2)
+    try:
+        config = mockserver.MockConfig(latency=parse_duration(latency, "--latency"),
+                                       rate=parse_rate(rate, "--rate"), fail_rate=fail_rate,
+                                       faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
+                                       retry_after=retry_after, seed=seed)
+    except (UsageError, ValueError) as exc:
+        raise _fail(str(exc), 2)
+
+    def ready(url: str) -> None:
+        print(f"serving {root or '(virtual files only)'} at {url}/  (Ctrl-C to stop)", flush=True)
+
+    try:
+        mockserver.serve(root, host, port, config, ready)
+    except OSError as exc:
+        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2)
+
+
+@app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound).")
+def gil(
+    tasks: int = typer.Option(8, "--tasks", min=1, help="How many tasks."),
+    n: int = typer.Option(27, "--n", min=1, max=40, help="fib(N) per CPU task."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Pool size (default: CPU count)."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
+) -> None:
+    import json
+    from .gil import format_report, run_gil_demo
+
+    result = run_gil_demo(tasks=tasks, n=n, workers=workers)
+    print(json.dumps(result, indent=2) if json_out else format_report(result))
+
+
+def main() -> None:
+    """Entry point of the `downloader` command."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        print("downloader: interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Which name a download is saved under: always one safe path component.
+
+    >>> target_name("https://h/dir/My%20File.iso?x=1", None)
+    'My File.iso'
+    >>> target_name("https://h/a", 'attachment; filename="../../etc/passwd"')
+    'passwd'
+
+The name comes from `Content-Disposition` (RFC 6266 `filename*=` preferred over `filename=`), else
+the URL's last path segment, percent-decoded, without the query; `index.html` for an empty path.
+Whatever the source, the result has no separators, no `..`, no control characters, and fits in
+`MAX_NAME_BYTES`, so `NAME.part.state` still fits in a 255-byte file-system name.
+"""
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from email.message import Message
+from email.utils import collapse_rfc2231_value
+from urllib.parse import unquote, urlsplit
+
+PART_SUFFIX = ".part"
+STATE_SUFFIX = ".part.state"
+STATE_DIR = ".downloader"
+"""Folder inside the output folder where the batch index lives, out of the user's way."""
+MAX_NAME_BYTES = 255 - len(STATE_SUFFIX)
+_RESERVED = {STATE_DIR}
+
+
+def name_from_content_disposition(value: str | None) -> str | None:
+    """The file name a Content-Disposition header asks for (unsanitised), or None."""
+    if not value:
+        return None
+    message = Message()
+    try:
+        message["content-disposition"] = value
+        params = message.get_params(header="content-disposition") or []
+    except (ValueError, TypeError, IndexError):
+        return None
+    plain = extended = None
+    for key, param in params[1:]:
+        if key.lower() != "filename":
+            continue
+        if isinstance(param, tuple):
+            try:
+                extended = collapse_rfc2231_value(param)
+            except (LookupError, UnicodeError):
+                continue
+        else:
+            plain = param
+    return extended or plain or None
+
+
+def name_from_url(url: str) -> str:
+    """The last path segment of a URL, percent-decoded, without the query; `index.html` if empty."""
+    path = urlsplit(url).path
+    segment = unquote(path.rsplit("/", 1)[-1], errors="replace")
+    return segment or "index.html"
+
+
+def safe_name(raw: str) -> str:
+    """Make any string one safe path component (see the module docstring)."""
+    name = raw.replace("\\", "/").rsplit("/", 1)[-1]
+    name = "".join("_" if (unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") or c == "\x7f")
+                   else c for c in name)
+    name = name.strip().rstrip(".").strip()
+    if not name or set(name) <= {"."}:
+        name = "_"
+    if name in _RESERVED or name.endswith(PART_SUFFIX) or name.endswith(STATE_SUFFIX):
+        name += "_"
+    return _fit(name, MAX_NAME_BYTES)
+
+
+def target_name(url: str, content_disposition: str | None) -> str:
+    """The safe name to save `url` under, given the response's Content-Disposition header."""
+    return safe_name(name_from_content_disposition(content_disposition) or name_from_url(url))
+
+
+def disambiguate(name: str, url: str) -> str:
+    """A distinct, deterministic name for `url` when `name` is taken by another URL of the batch:
+    `stem-<8 hex of the URL's digest>.ext`."""
+    tag = hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    stem, dot, ext = name.rpartition(".")
+    if not stem or len(ext) > 10:
+        stem, dot, ext = name, "", ""
+    return _fit(f"{stem}-{tag}{dot}{ext}", MAX_NAME_BYTES, keep_tail=len(tag) + 1 + len(dot + ext))
+
+
+def _fit(name: str, limit: int, keep_tail: int | None = None) -> str:
+    """Cut `name` to at most `limit` UTF-8 bytes, keeping its extension (or `keep_tail` chars)."""
+    if len(name.encode("utf-8", "surrogatepass")) <= limit:
+        return name
+    if keep_tail is None:
+        stem, dot, ext = name.rpartition(".")
+        keep_tail = len(dot + ext) if stem and len(ext) <= 10 else 0
+    tail = name[len(name) - keep_tail:] if keep_tail else ""
+    head = name[:len(name) - keep_tail] if keep_tail else name
+    budget = limit - len(tail.encode("utf-8", "surrogatepass"))
+    encoded = head.encode("utf-8", "surrogatepass")[:max(budget, 1)]
+    return encoded.decode("utf-8", "ignore").rstrip(".") + tail or "_"
+
+
+def safe_subdir(raw: str) -> str | None:
+    """A relative folder path from aria2 `dir=`, each part made safe; None for an empty path.
+    Absolute paths and `..` parts cannot leave the output folder: they are folded into it."""
+    parts = [safe_name(p) for p in raw.replace("\\", "/").split("/") if p.strip() not in ("", ".", "..")]
+    return "/".join(parts) or None

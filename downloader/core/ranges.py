@@ -1,0 +1,245 @@
+"""Byte ranges: when resumed bytes may be kept, and how a file is split between connections.
+
+Resumed bytes are appended only when the server proves they belong (invariant 2): a 206 whose
+Content-Range starts where we asked, for the same total size, with the same validator (ETag, or
+Last-Modified when there is no strong ETag, sent as If-Range). Anything else starts the file again::
+
+    >>> v = Validator(etag='"abc"', last_modified=None)
+    >>> judge(206, {"Content-Range": "bytes 100-199/200", "ETag": '"abc"'}, start=100, validator=v,
+    ...       size=200)
+    Verdict(action='write', offset=100, size=200, reason='')
+
+`SegmentPlan` hands out the ranges still missing to connections: a new connection takes an
+unowned range, or else half of the largest range another connection is still working through
+("work stealing"), so one slow connection does not hold the whole file back.
+"""
+from __future__ import annotations
+
+import re
+import threading
+from dataclasses import dataclass
+
+_CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
+
+
+@dataclass(frozen=True)
+class Validator:
+    """What identifies one version of a file on the server."""
+
+    etag: str | None = None
+    last_modified: str | None = None
+
+    @classmethod
+    def from_headers(cls, headers) -> "Validator":
+        return cls(headers.get("ETag") or None, headers.get("Last-Modified") or None)
+
+    def if_range(self) -> str | None:
+        """The If-Range value to send: a strong ETag, else Last-Modified, else None (cannot prove)."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag
+        return self.last_modified
+
+    def same_as(self, other: "Validator") -> bool:
+        """Whether a response with `other` is provably the version we have bytes of."""
+        if self.etag and not self.etag.startswith("W/"):
+            return self.etag == other.etag
+        return bool(self.last_modified) and self.last_modified == other.last_modified
+
+    def to_json(self) -> dict:
+        return {"etag": self.etag, "last_modified": self.last_modified}
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> "Validator":
+        data = data or {}
+        return cls(data.get("etag"), data.get("last_modified"))
+
+
+def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
+    """(first, last, total) from "bytes 0-99/200"; total None for "*"; None when malformed."""
+    match = _CONTENT_RANGE.match(value or "")
+    if not match:
+        return None
+    first, last = int(match.group(1)), int(match.group(2))
+    total = None if match.group(3) == "*" else int(match.group(3))
+    if last < first or (total is not None and last >= total):
+        return None
+    return first, last, total
+
+
+def content_length(headers) -> int | None:
+    value = headers.get("Content-Length")
+    if value is None or not value.strip().isdigit():
+        return None
+    return int(value)
+
+
+def range_header(start: int, end: int | None) -> str:
+    """The Range value for bytes [start, end) (end None: to the end of the file)."""
+    return f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with a response's body.
+
+    action: "write" (body bytes go at `offset`), "restart" (drop what is on disk and ask again from
+    zero), or "done" (the file on disk is already complete)."""
+
+    action: str
+    offset: int = 0
+    size: int | None = None
+    """The whole file's size when the response told it."""
+    reason: str = ""
+
+
+def judge(status: int, headers, *, start: int, validator: Validator, size: int | None) -> Verdict:
+    """Decide what a 2xx/416 answer to a request for bytes from `start` of a file we already know
+    (its `validator`, and `size` when told) means for the bytes on disk."""
+    fresh = Validator.from_headers(headers)
+    if status == 416:
+        match = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", headers.get("Content-Range") or "")
+        total = int(match.group(1)) if match else None
+        if size is not None and start >= size and total in (None, size):
+            return Verdict("done", start, size)
+        return Verdict("restart", 0, None, "the server refused the range (416)")
+    if status == 200:
+        changed = validator.if_range() and not validator.same_as(fresh)
+        return Verdict("restart", 0, content_length(headers),
+                       "the file changed on the server" if changed else "the server ignored the range")
+    if status == 206:
+        crange = parse_content_range(headers.get("Content-Range"))
+        if crange is None:
+            return Verdict("restart", 0, None, "a 206 without a usable Content-Range")
+        first, _last, total = crange
+        if first != start:
+            return Verdict("restart", 0, total, f"asked for bytes from {start}, got them from {first}")
+        if size is not None and total is not None and total != size:
+            return Verdict("restart", 0, total, "the file changed size on the server")
+        if validator.if_range() and not validator.same_as(fresh):
+            return Verdict("restart", 0, total, "the file changed on the server (validator differs)")
+        return Verdict("write", first, total if total is not None else size)
+    return Verdict("restart", 0, None, f"unexpected HTTP {status}")
+
+
+class Segment:
+    """One connection's share of a file: bytes [pos, end) are still to come; `end` may shrink when
+    another connection takes over the far half."""
+
+    __slots__ = ("pos", "cursor", "end", "owned")
+
+    def __init__(self, pos: int, end: int, owned: bool = False) -> None:
+        self.pos = pos
+        """Bytes before this are on disk."""
+        self.cursor = pos
+        """Bytes before this are on disk or being written right now."""
+        self.end = end
+        self.owned = owned
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.end - self.cursor)
+
+    def __repr__(self) -> str:
+        return f"Segment({self.pos}, {self.end}, owned={self.owned})"
+
+
+class SegmentPlan:
+    """Which parts of a file of `size` bytes are missing, and who fetches which. Thread-safe.
+
+    `max_connections` caps connections on the file; a range is split only when both halves get
+    at least `min_steal` bytes.
+    """
+
+    def __init__(self, size: int, missing: list[tuple[int, int]] | None = None, *,
+                 max_connections: int = 1, min_steal: int = 1 << 20) -> None:
+        self.size = size
+        self.max_connections = max(1, max_connections)
+        self.min_steal = max(1, min_steal)
+        ranges = [(a, b) for a, b in (missing if missing is not None else [(0, size)]) if a < b]
+        self.segments = [Segment(a, b) for a, b in sorted(ranges)]
+        self._lock = threading.Lock()
+
+    @property
+    def active(self) -> int:
+        return sum(1 for s in self.segments if s.owned)
+
+    def claim(self) -> Segment | None:
+        """A range for one more connection, or None when it could not help (cap reached, nothing
+        left, or nothing large enough to split)."""
+        with self._lock:
+            if self.active >= self.max_connections:
+                return None
+            for seg in self.segments:
+                if not seg.owned and seg.remaining > 0:
+                    seg.owned = True
+                    return seg
+            victim = max((s for s in self.segments if s.owned), key=lambda s: s.remaining, default=None)
+            if victim is None or victim.remaining < 2 * self.min_steal:
+                return None
+            mid = victim.cursor + victim.remaining // 2
+            taken = Segment(mid, victim.end, owned=True)
+            victim.end = mid
+            self.segments.append(taken)
+            return taken
+
+    def add(self, seg: Segment) -> None:
+        """Put a segment a connection already works on into the plan (the first response of a fresh
+        download becomes the first segment; others may then take over half of it)."""
+        with self._lock:
+            self.segments.append(seg)
+
+    def can_help(self) -> bool:
+        """Whether `claim` would give a range right now (a cheap look, for the scheduler)."""
+        with self._lock:
+            if self.active >= self.max_connections:
+                return False
+            return any((not s.owned and s.remaining) or (s.owned and s.remaining >= 2 * self.min_steal)
+                       for s in self.segments)
+
+    def reserve(self, seg: Segment, length: int) -> tuple[int, int]:
+        """(offset, count): where and how many of `length` arriving bytes the owner of `seg` may
+        write; fewer than `length` when its end has moved or been reached."""
+        with self._lock:
+            offset = seg.cursor
+            take = max(0, min(length, seg.end - offset))
+            seg.cursor += take
+            return offset, take
+
+    def written(self, seg: Segment, length: int) -> None:
+        """Record that `length` reserved bytes are now on disk."""
+        with self._lock:
+            seg.pos += length
+
+    def release(self, seg: Segment) -> None:
+        """The owner stops working on `seg` (finished, failed or interrupted)."""
+        with self._lock:
+            seg.cursor = seg.pos
+            seg.owned = False
+            if seg.pos >= seg.end:
+                self.segments.remove(seg)
+
+    def missing(self) -> list[tuple[int, int]]:
+        """Ranges not on disk yet, for the state file."""
+        with self._lock:
+            return [(s.pos, s.end) for s in sorted(self.segments, key=lambda s: s.pos) if s.pos < s.end]
+
+    def done(self) -> bool:
+        with self._lock:
+            return all(s.pos >= s.end for s in self.segments)
+
+    def fetched(self) -> int:
+        """Bytes of the file on disk."""
+        with self._lock:
+            return self.size - sum(s.end - s.pos for s in self.segments if s.pos < s.end)
+
+
+UNKNOWN_END = 1 << 62
+"""End of a range whose file size the server has not told."""
+
+
+def connections_for(size: int | None, accepts_ranges: bool, segments: int, min_segment: int) -> int:
+    """How many connections a file of `size` may use: one unless it accepts ranges and each of at
+    least two segments gets `min_segment` bytes."""
+    if not accepts_ranges or size is None or segments < 2:
+        return 1
+    return max(1, min(segments, size // max(1, min_segment)))

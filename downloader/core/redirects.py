@@ -1,0 +1,65 @@
+"""Following redirects by hand, so every engine follows the same rules.
+
+Engines send requests with automatic redirects off and ask `next_hop` what to do with a 3xx:
+
+    >>> hop = next_hop("https://a/x", 302, "https://b/y", hops=0, max_hops=10)
+    >>> hop.url, hop.cross_host
+    ('https://b/y', True)
+
+Rules: at most `max_hops` hops; only http and https targets; headers the user set that carry
+credentials (Authorization, Cookie, Proxy-Authorization) are dropped once the host changes and
+stay dropped (see `headers_for`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from urllib.parse import urljoin, urlsplit
+
+from ..errors import RedirectError
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+@dataclass(frozen=True)
+class Hop:
+    """Where a redirect leads and whether it left the original host."""
+
+    url: str
+    cross_host: bool
+
+
+def origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) with default ports made explicit, for comparing hosts."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or {"http": 80, "https": 443}.get(scheme)
+
+
+def next_hop(url: str, status: int, location: str | None, *, hops: int, max_hops: int,
+             first_url: str | None = None) -> Hop:
+    """The next URL after a 3xx answer to `url`; RedirectError when the redirect must not be followed.
+    `hops` is how many redirects were already followed; `first_url` the URL the user asked for."""
+    if not location:
+        raise RedirectError(f"HTTP {status} redirect without a Location header")
+    if hops >= max_hops:
+        raise RedirectError(f"more than {max_hops} redirects")
+    target = urljoin(url, location.strip())
+    scheme = urlsplit(target).scheme.lower()
+    if scheme not in ("http", "https"):
+        raise RedirectError(f"redirect to a {scheme or 'relative'}: URL refused ({target})")
+    if not urlsplit(target).hostname:
+        raise RedirectError(f"redirect to a URL without a host refused ({target})")
+    start = first_url or url
+    return Hop(target, cross_host=origin(target)[1:] != origin(start)[1:] or _downgraded(start, target))
+
+
+def _downgraded(start: str, target: str) -> bool:
+    return origin(start)[0] == "https" and origin(target)[0] == "http"
+
+
+def headers_for(headers: tuple[tuple[str, str], ...], cross_host: bool) -> tuple[tuple[str, str], ...]:
+    """The user's headers to send after a redirect: credentials stay with the first host."""
+    if not cross_host:
+        return headers
+    return tuple((k, v) for k, v in headers if k.lower() not in SENSITIVE_HEADERS)

@@ -1,0 +1,114 @@
+"""What became of each job: a failed download is data, not an exception.
+
+    >>> results = Results()
+    >>> results.add(Result(url="https://h/a", status="ok", bytes=10))
+    >>> results.counts["ok"], results.total_bytes
+    (1, 10)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+
+
+@dataclass
+class Result:
+    """How one URL ended. `status` is "ok" (downloaded), "skipped" (already there) or "failed"."""
+
+    url: str
+    status: str
+    path: str | None = None
+    """Where the file is (or would have been), relative to the output folder's parent as given."""
+    http_status: int | None = None
+    bytes: int = 0
+    """Bytes received in this run (resumed bytes from before are not counted again)."""
+    size: int | None = None
+    """Size of the file when known."""
+    sha256: str | None = None
+    attempts: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    line: int = 0
+    """Input line number, 0 for URLs not from a file."""
+    post: list = field(default_factory=list)
+    """Post-processing results: dicts with task, value, cpu_seconds, pid, error."""
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        if not data["post"]:
+            del data["post"]
+        return data
+
+
+class Results:
+    """All results of a batch, with totals. With `keep=False` only failures are kept (and the counts),
+    so a million-URL run does not hold a million objects."""
+
+    def __init__(self, keep: bool = True) -> None:
+        self.keep = keep
+        self.items: list[Result] = []
+        self.failures: list[Result] = []
+        self.rejected: list = []
+        """Input lines that were not usable (core.sources.Rejected)."""
+        self.counts = {OK: 0, SKIPPED: 0, FAILED: 0}
+        self.total_bytes = 0
+        self.started = time.monotonic()
+        self.finished: float | None = None
+        self.interrupted = False
+
+    def add(self, result: Result) -> None:
+        self.counts[result.status] += 1
+        self.total_bytes += result.bytes
+        if result.status == FAILED:
+            self.failures.append(result)
+        if self.keep:
+            self.items.append(result)
+
+    def __iter__(self) -> Iterator[Result]:
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def ok(self) -> list[Result]:
+        return [r for r in self.items if r.status == OK]
+
+    @property
+    def skipped(self) -> list[Result]:
+        return [r for r in self.items if r.status == SKIPPED]
+
+    @property
+    def failed(self) -> list[Result]:
+        return list(self.failures)
+
+    @property
+    def seconds(self) -> float:
+        return (self.finished or time.monotonic()) - self.started
+
+    @property
+    def success(self) -> bool:
+        """True when every URL is downloaded or already there and no input line was rejected."""
+        return not self.failures and not self.rejected and not self.interrupted
+
+    def summary(self) -> str:
+        """One line: downloaded, already there, failed, bytes, time, rate."""
+        seconds = max(self.seconds, 1e-9)
+        text = (f"{self.counts[OK]} downloaded, {self.counts[SKIPPED]} already there, "
+                f"{self.counts[FAILED]} failed")
+        if self.rejected:
+            text += f", {len(self.rejected)} input line(s) rejected"
+        return text + (f"; {human_bytes(self.total_bytes)} in {seconds:.2f} s "
+                       f"({human_bytes(self.total_bytes / seconds)}/s)")
+
+
+def human_bytes(n: float) -> str:
+    """"1.5 MiB" style sizes."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,173 @@
+"""Which connection does what next. Decisions only: engines do the waiting.
+
+Every engine runs `jobs` workers; a worker is one connection. Each time a worker is free it asks
+`Scheduler.poll()`, which answers, in this order of preference:
+
+1. `Help(transfer, segment)`: join a file already in flight that can use another connection (it
+   accepts ranges, is below its `--segments` cap, and has a range big enough to split);
+2. `Start(job)`: begin the next URL of the input (whose host is below `--per-host`);
+3. `WAIT`: nothing to do right now, but more may come (the input is still being read, or a file
+   in flight may open up for help): the engine waits until `wake()` is called;
+4. `None`: everything is done (or a stop was asked): the worker ends.
+
+So `--jobs` and `--per-host` count connections, segments included, and finishing files already
+started comes before starting new ones.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from collections import Counter, deque
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+from urllib.parse import urlsplit
+
+from .sources import Job
+
+WAIT = object()
+"""`poll()`'s answer when the worker should wait for `wake()`."""
+_END = object()
+
+
+@dataclass(frozen=True)
+class Start:
+    job: Job
+    host: str
+
+
+@dataclass(frozen=True)
+class Help:
+    transfer: Any
+    segment: Any
+    host: str
+
+
+def host_of(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+class Feed:
+    """Jobs read from their source in a thread of their own, through a bounded queue, so a slow
+    stdin never blocks an engine (or its event loop) and memory stays flat for any input size."""
+
+    def __init__(self, items: Iterable[Job], on_item: Callable[[], None] = lambda: None,
+                 maxsize: int = 1024) -> None:
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._items = items
+        self._on_item = on_item
+        self.produced = 0
+        self.error: BaseException | None = None
+        self.exhausted = False
+        self._thread = threading.Thread(target=self._run, name="feed", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self._items:
+                self._queue.put(item)
+                self.produced += 1
+                self._on_item()
+        except BaseException as exc:  # reported by the batch, not lost in a thread
+            self.error = exc
+        finally:
+            self._queue.put(_END)
+            self._on_item()
+
+    def try_next(self) -> Job | None | object:
+        """The next job, None when none is ready yet, `_END` after the last."""
+        if self.exhausted:
+            return _END
+        try:
+            item = self._queue.get_nowait()
+        except queue.Empty:
+            return None
+        if item is _END:
+            self.exhausted = True
+        return item
+
+
+class Scheduler:
+    """Hands work to connections (see the module docstring). Thread-safe; `wake` is the engine's
+    way of being told that a waiting worker may find work now."""
+
+    def __init__(self, feed: Feed, *, per_host: int | None, connections: int) -> None:
+        self.feed = feed
+        self.per_host = per_host
+        self.connections = connections
+        self.stopping = False
+        self.wake: Callable[[], None] = lambda: None
+        self._lock = threading.Lock()
+        self._open: list = []
+        self._deferred: deque[Job] = deque()
+        self._hosts: Counter[str] = Counter()
+        self._in_flight = 0
+
+    def _host_free(self, host: str) -> bool:
+        return self.per_host is None or self._hosts[host] < self.per_host
+
+    def poll(self) -> Start | Help | None | object:
+        with self._lock:
+            if self.stopping:
+                return None
+            for transfer in self._open:
+                host = transfer.host
+                if self._host_free(host) and transfer.can_help():
+                    segment = transfer.claim_for_helper()
+                    if segment is not None:
+                        self._hosts[host] += 1
+                        return Help(transfer, segment, host)
+            job = self._next_job()
+            if job is not None:
+                host = host_of(job.url)
+                self._hosts[host] += 1
+                self._in_flight += 1
+                return Start(job, host)
+            if self.feed.exhausted and not self._deferred and self._in_flight == 0:
+                return None
+            return WAIT
+
+    def _next_job(self) -> Job | None:
+        for _ in range(len(self._deferred)):
+            job = self._deferred.popleft()
+            if self._host_free(host_of(job.url)):
+                return job
+            self._deferred.append(job)
+        while len(self._deferred) < max(self.connections, 64):
+            item = self.feed.try_next()
+            if item is None or item is _END:
+                return None
+            if self._host_free(host_of(item.url)):
+                return item
+            self._deferred.append(item)
+        return None
+
+    def open_for_help(self, transfer) -> None:
+        """`transfer` accepts more connections now."""
+        with self._lock:
+            self._open.append(transfer)
+        self.wake()
+
+    def close_for_help(self, transfer) -> None:
+        with self._lock:
+            if transfer in self._open:
+                self._open.remove(transfer)
+
+    def connection_done(self, host: str) -> None:
+        """A worker stopped using a connection to `host`."""
+        with self._lock:
+            self._hosts[host] -= 1
+            if self._hosts[host] <= 0:
+                del self._hosts[host]
+        self.wake()
+
+    def job_done(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+        self.wake()
+
+    def stop(self) -> None:
+        """Start nothing new; in-flight transfers see `stopping` and wind down."""
+        self.stopping = True
+        self.wake()

@@ -1,0 +1,251 @@
+"""The aiohttp twin: `async` mode, one ClientSession and `jobs` worker tasks (never a task per URL).
+Mirror image of `engines.sync`: same names with `_async`, same steps in the same order; a diff of
+the two shows only the I/O.
+
+Each worker task is one connection: it asks the scheduler for work, and either starts a file or
+helps a file in flight with one of its segments.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import aiohttp
+
+from ..core.redirects import REDIRECT_STATUSES, next_hop
+from ..core.results import Result
+from ..core.schedule import WAIT, Help, Start
+from ..errors import IncompleteBody, StallError, TransferError
+from ..transfer import Context, Transfer
+
+
+def translate(exc: BaseException) -> TransferError:
+    """The one place an aiohttp/asyncio error becomes the project's own."""
+    if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
+        return StallError("no data for the stall timeout (--timeout)")
+    if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
+        return IncompleteBody(f"connection broken mid-body ({type(exc).__name__})")
+    if isinstance(exc, aiohttp.InvalidURL):
+        return TransferError(f"invalid URL: {exc}", retryable=False)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return TransferError(f"connection failed: {_reason(exc)}")
+    return TransferError(f"{type(exc).__name__}: {exc}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "os_error", exc))
+    for marker in ("Connect call failed", "Name or service not known", "Connection reset", "timed out"):
+        if marker in text:
+            return {"Connect call failed": "connection refused"}.get(marker, marker.lower())
+    return text[:160]
+
+
+def new_session_async(ctx: Context) -> aiohttp.ClientSession:
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=ctx.options.timeout,
+                                    sock_read=ctx.options.timeout)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                 cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                 skip_auto_headers=("Accept-Encoding",))
+
+
+async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: str, headers: list,
+                              ctx: Context):
+    """Send the request, following redirects by core.redirects' rules; the final response."""
+    hops = 0
+    while True:
+        try:
+            resp = await session.get(url, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise translate(exc) from exc
+        if resp.status not in REDIRECT_STATUSES:
+            return resp
+        resp.release()
+        hop = next_hop(url, resp.status, resp.headers.get("Location"), hops=hops,
+                       max_hops=ctx.options.max_redirects, first_url=t.job.url)
+        hops += 1
+        t.redirected(hop.url, hop.cross_host)
+        url, headers = hop.url, t.user_headers_after_redirect(headers)
+
+
+async def read_body_async(resp, chunk_size: int):
+    """The body in chunks of up to `chunk_size` bytes, as raw bytes on the wire."""
+    try:
+        async for data in resp.content.iter_chunked(chunk_size):
+            yield data
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise translate(exc) from exc
+
+
+async def fetch_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Context,
+                      stop: asyncio.Event) -> None:
+    """Fetch segment `seg` of `t` on this connection, retrying it from where it got to."""
+    failures = 0
+    while not t.stopped() and seg.pos < seg.end:
+        url, headers = t.request(seg)
+        before = seg.pos
+        try:
+            resp = await open_response_async(session, t, url, headers, ctx)
+            try:
+                if not t.accept(seg, resp.status, resp.reason or "", resp.headers):
+                    return
+                async for chunk in read_body_async(resp, ctx.options.chunk_size):
+                    pause = t.write(seg, chunk)
+                    if pause is None:
+                        break
+                    if pause:
+                        await _wait(stop, pause)
+                else:
+                    t.body_ended(seg)
+            finally:
+                resp.close()
+        except TransferError as exc:
+            failures = 1 if seg.pos > before else failures + 1
+            pause = t.failed_try(exc, failures)
+            if pause is None:
+                return
+            await _wait(stop, pause)
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep, but wake at once when a stop is asked."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def run_connection_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Context,
+                               stop: asyncio.Event) -> Result | None:
+    """Work on `t` until it has nothing left for this connection; the last one out finishes it."""
+    while True:
+        while seg is not None:
+            await fetch_async(session, t, seg, ctx, stop)
+            t.release(seg)
+            seg = t.claim()
+        if not t.leave():
+            return None
+        outcome = await asyncio.to_thread(t.finish) if t.finish_blocks() else t.finish()
+        if isinstance(outcome, Result):
+            return outcome
+        seg = outcome
+
+
+async def worker_async(session: aiohttp.ClientSession, ctx: Context, engine: "AsyncEngine") -> None:
+    """One connection: take work from the scheduler until there is none."""
+    while (work := await engine.next_work()) is not None:
+        if isinstance(work, Start):
+            t = Transfer(work.job, ctx, work.host)
+            engine.track(t)
+            try:
+                first = t.begin()
+                outcome = first if isinstance(first, Result) else \
+                    await run_connection_async(session, t, first, ctx, engine.stop_event)
+            except TransferError as exc:
+                outcome = t.failure(exc)
+        else:
+            assert isinstance(work, Help)
+            outcome = await run_connection_async(session, work.transfer, work.segment, ctx, engine.stop_event)
+            t = work.transfer
+        ctx.scheduler.connection_done(work.host)
+        if outcome is not None:
+            engine.untrack(t)
+            await ctx.post_submit_async(outcome)
+            ctx.scheduler.job_done()
+
+
+class AsyncEngine:
+    """`jobs` worker tasks over one aiohttp ClientSession, on an event loop of its own."""
+
+    def __init__(self, ctx: Context, workers: int) -> None:
+        self.ctx = ctx
+        self.workers = workers
+        self.stop_event: asyncio.Event | None = None
+        self._wake_event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._active: set[Transfer] = set()
+
+    def _wake(self) -> None:
+        """Called from any thread (the input feed reads in one of its own)."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._wake_event.set)
+        except RuntimeError:
+            pass
+
+    async def next_work(self):
+        while True:
+            self._wake_event.clear()
+            work = self.ctx.scheduler.poll()
+            if work is not WAIT:
+                return work
+            await self._wake_event.wait()
+
+    def track(self, t: Transfer) -> None:
+        self._active.add(t)
+
+    def untrack(self, t: Transfer) -> None:
+        self._active.discard(t)
+
+    def run(self, grace: float = 5.0) -> None:
+        asyncio.run(self._main(grace))
+
+    async def _main(self, grace: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        self._wake_event = asyncio.Event()
+        self.ctx.scheduler.wake = self._wake
+        handlers = self._install_signals()
+        try:
+            async with new_session_async(self.ctx) as session:
+                tasks = [asyncio.create_task(worker_async(session, self.ctx, self), name=f"conn-{i}")
+                         for i in range(self.workers)]
+                stopper = asyncio.create_task(self.stop_event.wait())
+                pending = set(tasks)
+                while pending:
+                    done, pending = await asyncio.wait(pending | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+                    pending.discard(stopper)
+                    for task in done - {stopper}:
+                        task.result()
+                    if stopper in done:
+                        break
+                if pending:
+                    _done, late = await asyncio.wait(pending, timeout=grace)
+                    for task in late:
+                        task.cancel()
+                    await asyncio.gather(*late, return_exceptions=True)
+                    self._abandon()
+                stopper.cancel()
+                await asyncio.gather(stopper, return_exceptions=True)
+        finally:
+            for sig in handlers:
+                self._loop.remove_signal_handler(sig)
+            self.ctx.scheduler.wake = lambda: None
+
+    def _install_signals(self) -> list:
+        installed = []
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handler = self.ctx.signal_handler
+            if handler is None:
+                continue
+            try:
+                self._loop.add_signal_handler(sig, handler, sig)
+                installed.append(sig)
+            except (RuntimeError, ValueError, NotImplementedError):
+                pass
+        return installed
+
+    def stop(self) -> None:
+        """First Ctrl-C: start nothing new, let in-flight chunks land, keep every `.part`."""
+        self.ctx.scheduler.stop()
+        if self._loop is not None and not self._loop.is_closed():
+            try:
+                self._loop.call_soon_threadsafe(self.stop_event.set)
+            except RuntimeError:
+                pass
+
+    def _abandon(self) -> None:
+        for t in list(self._active):
+            self.ctx.post_submit(t.park_quietly())

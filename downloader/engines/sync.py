@@ -1,0 +1,227 @@
+"""The requests twin: `thread` mode (a pool of workers, one requests.Session each) and `sequential`
+mode (the same with one worker). Mirror image of `engines.aio`: same names with `_async`, same
+steps in the same order; a diff of the two shows only the I/O.
+
+Each worker is one connection: it asks the scheduler for work, and either starts a file or helps a
+file in flight with one of its segments.
+"""
+from __future__ import annotations
+
+import signal
+import threading
+
+import requests
+import urllib3
+
+from ..core.redirects import REDIRECT_STATUSES, next_hop
+from ..core.results import Result
+from ..core.schedule import WAIT, Help, Start
+from ..errors import IncompleteBody, StallError, TransferError
+from ..transfer import Context, Transfer
+
+_STALL = (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)
+_SHORT = (urllib3.exceptions.IncompleteRead, urllib3.exceptions.ProtocolError,
+          requests.exceptions.ChunkedEncodingError)
+
+
+def translate(exc: BaseException) -> TransferError:
+    """The one place a requests/urllib3 error becomes the project's own."""
+    if isinstance(exc, _STALL):
+        return StallError("no data for the stall timeout (--timeout)")
+    if isinstance(exc, _SHORT):
+        return IncompleteBody(f"connection broken mid-body ({type(exc).__name__})")
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return TransferError("connect timeout (--timeout)")
+    if isinstance(exc, requests.exceptions.InvalidURL):
+        return TransferError(f"invalid URL: {exc}", retryable=False)
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        return TransferError(f"connection failed: {_reason(exc)}")
+    return TransferError(f"{type(exc).__name__}: {exc}")
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc.args[0] if exc.args else exc)
+    for marker in ("Connection refused", "Name or service not known", "Connection reset",
+                   "Remote end closed connection", "timed out"):
+        if marker in text:
+            return marker.lower()
+    return text[:160]
+
+
+def new_session(ctx: Context) -> requests.Session:
+    session = requests.Session()
+    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+    session.mount("http://", adapter)
+    session.mount("https://", adapter)
+    session.headers.pop("Accept-Encoding", None)
+    return session
+
+
+def open_response(session: requests.Session, t: Transfer, url: str, headers: list, ctx: Context):
+    """Send the request, following redirects by core.redirects' rules; the final response."""
+    timeout = (ctx.options.timeout, ctx.options.timeout)
+    hops = 0
+    while True:
+        try:
+            resp = session.get(url, headers=dict(headers), stream=True, allow_redirects=False, timeout=timeout)
+        except requests.RequestException as exc:
+            raise translate(exc) from exc
+        if resp.status_code not in REDIRECT_STATUSES:
+            return resp
+        resp.close()
+        hop = next_hop(url, resp.status_code, resp.headers.get("Location"), hops=hops,
+                       max_hops=ctx.options.max_redirects, first_url=t.job.url)
+        hops += 1
+        t.redirected(hop.url, hop.cross_host)
+        url, headers = hop.url, t.user_headers_after_redirect(headers)
+
+
+def read_body(resp, chunk_size: int):
+    """The body in chunks of up to `chunk_size` bytes, as raw bytes on the wire."""
+    raw = resp.raw
+    try:
+        while data := raw.read(chunk_size, decode_content=False):
+            yield data
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise translate(exc) from exc
+
+
+def fetch(session: requests.Session, t: Transfer, seg, ctx: Context, stop: threading.Event) -> None:
+    """Fetch segment `seg` of `t` on this connection, retrying it from where it got to."""
+    failures = 0
+    while not t.stopped() and seg.pos < seg.end:
+        url, headers = t.request(seg)
+        before = seg.pos
+        try:
+            resp = open_response(session, t, url, headers, ctx)
+            try:
+                if not t.accept(seg, resp.status_code, resp.reason, resp.headers):
+                    return
+                for chunk in read_body(resp, ctx.options.chunk_size):
+                    pause = t.write(seg, chunk)
+                    if pause is None:
+                        break
+                    if pause:
+                        stop.wait(pause)
+                else:
+                    t.body_ended(seg)
+            finally:
+                resp.close()
+        except TransferError as exc:
+            failures = 1 if seg.pos > before else failures + 1
+            pause = t.failed_try(exc, failures)
+            if pause is None:
+                return
+            stop.wait(pause)
+
+
+def run_connection(session: requests.Session, t: Transfer, seg, ctx: Context,
+                   stop: threading.Event) -> Result | None:
+    """Work on `t` until it has nothing left for this connection; the last one out finishes it."""
+    while True:
+        while seg is not None:
+            fetch(session, t, seg, ctx, stop)
+            t.release(seg)
+            seg = t.claim()
+        if not t.leave():
+            return None
+        outcome = t.finish()
+        if isinstance(outcome, Result):
+            return outcome
+        seg = outcome
+
+
+def worker(ctx: Context, engine: "ThreadEngine") -> None:
+    """One connection: take work from the scheduler until there is none."""
+    session = new_session(ctx)
+    try:
+        while (work := engine.next_work()) is not None:
+            if isinstance(work, Start):
+                t = Transfer(work.job, ctx, work.host)
+                engine.track(t)
+                try:
+                    first = t.begin()
+                    outcome = first if isinstance(first, Result) else \
+                        run_connection(session, t, first, ctx, engine.stop_event)
+                except TransferError as exc:
+                    outcome = t.failure(exc)
+            else:
+                assert isinstance(work, Help)
+                outcome = run_connection(session, work.transfer, work.segment, ctx, engine.stop_event)
+                t = work.transfer
+            ctx.scheduler.connection_done(work.host)
+            if outcome is not None:
+                engine.untrack(t)
+                ctx.post_submit(outcome)
+                ctx.scheduler.job_done()
+    finally:
+        session.close()
+
+
+class ThreadEngine:
+    """`workers` threads over requests; `sequential` mode is this with one worker."""
+
+    def __init__(self, ctx: Context, workers: int) -> None:
+        self.ctx = ctx
+        self.workers = workers
+        self.stop_event = threading.Event()
+        self._cond = threading.Condition()
+        self._active: set[Transfer] = set()
+        self._active_lock = threading.Lock()
+        ctx.scheduler.wake = self._wake
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
+
+    def next_work(self):
+        with self._cond:
+            while (work := self.ctx.scheduler.poll()) is WAIT:
+                self._cond.wait()
+            return work
+
+    def track(self, t: Transfer) -> None:
+        with self._active_lock:
+            self._active.add(t)
+
+    def untrack(self, t: Transfer) -> None:
+        with self._active_lock:
+            self._active.discard(t)
+
+    def run(self, grace: float = 5.0) -> None:
+        previous = self._install_signals()
+        try:
+            self._run(grace)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _install_signals(self) -> dict:
+        handler = self.ctx.signal_handler
+        if handler is None or threading.current_thread() is not threading.main_thread():
+            return {}
+        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def _run(self, grace: float) -> None:
+        threads = [threading.Thread(target=worker, args=(self.ctx, self), name=f"conn-{i}", daemon=True)
+                   for i in range(self.workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5 if not self.stop_event.is_set() else grace)
+                if self.stop_event.is_set() and thread.is_alive():
+                    self._abandon()
+                    return
+
+    def stop(self) -> None:
+        """First Ctrl-C: start nothing new, let in-flight chunks land, keep every `.part`."""
+        self.stop_event.set()
+        self.ctx.scheduler.stop()
+
+    def _abandon(self) -> None:
+        """Workers still blocked in a read after the grace period: save their files' state."""
+        with self._active_lock:
+            stuck = list(self._active)
+        for t in stuck:
+            self.ctx.post_submit(t.park_quietly())

@@ -1,0 +1,180 @@
+"""How the GIL treats threads and processes, shown in numbers: the model behind `downloader gil`.
+
+The same batch runs three ways (on the calling thread, on a thread pool, on a process pool) for
+two kinds of work: CPU-bound (naive `fib`, pure Python that holds the GIL) and I/O-bound
+(`time.sleep`, which releases it, as socket reads do). On a standard CPython, threads speed up the
+waiting but not the computing; processes speed up both, at the price of starting interpreters::
+
+    result = run_gil_demo()            # about 2 s with the defaults
+    print(format_report(result))       # or json.dumps(result)
+
+This is why the downloader moves bytes on threads or an event loop and runs its CPU stage
+(`postprocess`) on processes.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+
+from .postprocess import fib, worker_context
+
+__all__ = ["format_report", "run_gil_demo", "verdict"]
+
+MODES = ("sequential", "thread", "process")
+"""The ways each batch runs, in the order of the report."""
+_PARALLEL = 1.3
+"""A speedup above this means the work really ran side by side."""
+
+
+def run_gil_demo(tasks: int = 8, n: int = 27, workers: int | None = None, io_tasks: int = 16,
+                 io_delay: float = 0.1) -> dict:
+    """Time `tasks` x fib(n), then `io_tasks` x sleep(io_delay), sequentially, on threads and on processes.
+
+    Both pools have `workers` workers (default: the CPU count). The process pool is started, every
+    worker ready, before anything is timed: a program pays that once, so it is reported apart, as
+    `startup`, instead of spoiling the comparison. The I/O batch reuses both warm pools.
+
+    The fields, stable for JSON (seconds are floats)::
+
+        python, implementation, gil_enabled, cpu_count, workers, tasks, n,
+        cpu_bound: {sequential, thread, process: {wall, cpu, speedup}}, process also has startup,
+        io_bound: {io_tasks, io_delay, sequential, thread, process: {wall, cpu, speedup}},
+        verdict: [sentence, ...]
+
+    `wall` is the whole batch; `cpu` sums each task's CPU time, measured on the thread that ran it;
+    `speedup` is the sequential wall time divided by this one.
+    """
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if min(tasks, io_tasks, workers) < 1 or n < 0 or io_delay < 0:
+        raise ValueError(f"gil demo needs tasks, io_tasks and workers of at least 1 and n, io_delay of "
+                         f"at least 0, not tasks={tasks}, io_tasks={io_tasks}, workers={workers}, "
+                         f"n={n}, io_delay={io_delay}")
+    result = {"python": platform.python_version(), "implementation": platform.python_implementation(),
+              "gil_enabled": _gil_enabled(), "cpu_count": os.cpu_count(), "workers": workers,
+              "tasks": tasks, "n": n}
+    with ThreadPoolExecutor(workers) as threads, _process_pool(workers) as processes:
+        startup = _start_workers(processes, workers)
+        result["cpu_bound"] = _compare(fib, [n] * tasks, threads, processes)
+        result["io_bound"] = {"io_tasks": io_tasks, "io_delay": io_delay,
+                              **_compare(time.sleep, [io_delay] * io_tasks, threads, processes)}
+    result["cpu_bound"]["process"]["startup"] = startup
+    result["verdict"] = verdict(result)
+    return result
+
+
+def verdict(result: dict) -> list[str]:
+    """Sentences that read a `run_gil_demo` result's numbers for people (its "verdict" field)."""
+    cpu, io = result["cpu_bound"], result["io_bound"]
+    return [_threads_on_cpu(cpu["thread"]["speedup"], result["gil_enabled"]),
+            _processes_on_cpu(cpu, result["workers"], result["cpu_count"]),
+            _on_io(io, cpu["process"]["startup"])]
+
+
+def format_report(result: dict) -> str:
+    """A `run_gil_demo` result as people read it: what ran where, a table per workload, the verdict."""
+    io = result["io_bound"]
+    gil = "GIL enabled" if result["gil_enabled"] else "GIL disabled"
+    return "\n".join([
+        f"Python {result['python']} ({result['implementation']}, {gil}), {result['cpu_count']} CPUs, "
+        f"{result['workers']} workers per pool",
+        "",
+        f"CPU-bound: {result['tasks']} x fib({result['n']})",
+        *_table(result["cpu_bound"]),
+        "",
+        f"I/O-bound: {io['io_tasks']} x sleep({io['io_delay']} s)",
+        *_table(io),
+        "",
+        *result["verdict"],
+    ])
+
+
+def _gil_enabled() -> bool:
+    """Whether the GIL is on: always before 3.13, whose free-threaded builds can run without it."""
+    is_gil_enabled = getattr(sys, "_is_gil_enabled", None)
+    return True if is_gil_enabled is None else is_gil_enabled()
+
+
+def _process_pool(workers: int) -> ProcessPoolExecutor:
+    """A process pool whose workers each wait, as they start, until all of them have started.
+
+    ProcessPoolExecutor starts workers lazily, one per submission that finds none idle. A quick
+    warm-up task could finish on the first worker before the next submission, which would then
+    reuse it, and the other workers would start inside the timed run. Held at the barrier, no
+    worker is idle until all are up, so `workers` warm-up submissions start exactly `workers`.
+    """
+    context = worker_context()
+    return ProcessPoolExecutor(workers, mp_context=context, initializer=context.Barrier(workers).wait)
+
+
+def _start_workers(pool: ProcessPoolExecutor, workers: int) -> float:
+    """Start every worker of a `_process_pool`, have each import what the timed runs call (tens of
+    ms, more than the fork itself), and return the seconds it all took."""
+    start = time.perf_counter()
+    for warm_up in [pool.submit(_cpu_seconds, fib, 0) for _ in range(workers)]:
+        warm_up.result()
+    return time.perf_counter() - start
+
+
+def _compare(work: Callable, args: list, threads: ThreadPoolExecutor, processes: ProcessPoolExecutor) -> dict:
+    """{mode: {wall, cpu, speedup}} for work(arg) over args, run each of the three ways."""
+    runs = {"sequential": _time_batch(map, work, args), "thread": _time_batch(threads.map, work, args),
+            "process": _time_batch(processes.map, work, args)}
+    for run in runs.values():
+        run["speedup"] = runs["sequential"]["wall"] / run["wall"]
+    return runs
+
+
+def _time_batch(mapper: Callable[..., Iterable[float]], work: Callable, args: list) -> dict:
+    start = time.perf_counter()
+    cpu = sum(mapper(_cpu_seconds, [work] * len(args), args))
+    return {"wall": time.perf_counter() - start, "cpu": cpu}
+
+
+def _cpu_seconds(work: Callable, arg: object) -> float:
+    """Run work(arg) and return the CPU seconds it took on this thread; top-level, so picklable.
+
+    `thread_time`, not `process_time`: in a thread pool, `process_time` counts every thread of the
+    process, and each task would be charged for its neighbours' work as well.
+    """
+    start = time.thread_time()
+    work(arg)
+    return time.thread_time() - start
+
+
+def _threads_on_cpu(speedup: float, gil_enabled: bool) -> str:
+    said = f"Threads ran fib {speedup:.2f}x as fast as one thread"
+    if gil_enabled:
+        return f"{said}: the GIL lets only one thread at a time run Python bytecode."
+    if speedup >= _PARALLEL:
+        return f"{said}: this build runs without the GIL, so threads run Python side by side."
+    return f"{said}, although this build runs without the GIL: there were no idle cores to spread over."
+
+
+def _processes_on_cpu(cpu: dict, workers: int, cpu_count: int | None) -> str:
+    process = cpu["process"]
+    said = f"Processes ran it {process['speedup']:.2f}x as fast as one thread"
+    if process["speedup"] < _PARALLEL:
+        return f"{said}: {workers} workers on {cpu_count} CPUs found no idle cores to spread over."
+    return (f"{said} and {cpu['thread']['wall'] / process['wall']:.2f}x as fast as the threads: each "
+            f"has its own interpreter and GIL. Starting them took {process['startup']:.3f} s, paid once.")
+
+
+def _on_io(io: dict, startup: float) -> str:
+    threads, processes = io["thread"]["speedup"], io["process"]["speedup"]
+    said = f"Waiting went {threads:.2f}x as fast on threads and {processes:.2f}x on processes"
+    if threads < _PARALLEL:
+        return f"{said}: with one worker at a time nothing overlaps."
+    return (f"{said}: time.sleep releases the GIL, as socket reads do, so threads overlap I/O without "
+            f"the {startup:.3f} s it took to start processes. That is why downloads run on threads.")
+
+
+def _table(runs: dict) -> Iterator[str]:
+    yield f"  {'mode':<12}{'wall s':>9}{'cpu s':>9}{'speedup':>9}"
+    for mode in MODES:
+        run = runs[mode]
+        startup = f"   + {run['startup']:.3f} s to start the pool" if "startup" in run else ""
+        yield f"  {mode:<12}{run['wall']:>9.3f}{run['cpu']:>9.3f}{run['speedup']:>8.2f}x{startup}"

@@ -1,0 +1,97 @@
+"""The batch index: which URL owns which name in an output folder, and which files are complete.
+
+It lives in `DEST/.downloader/index.sqlite`, out of the user's way. It is what lets a re-run skip a
+complete file without asking the server, even when its name came from Content-Disposition, and
+what keeps two URLs that want the same name from ever writing over each other, in one batch or
+across batches into the same folder. SQLite (standard library) keeps it on disk, so memory does
+not grow with the number of URLs, and several processes may share a folder.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core.naming import STATE_DIR, disambiguate
+from .errors import DiskError
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    url TEXT PRIMARY KEY,
+    name TEXT UNIQUE NOT NULL,
+    complete INTEGER NOT NULL DEFAULT 0,
+    size INTEGER,
+    sha256 TEXT
+)"""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """What the index knows of one URL."""
+
+    name: str
+    """Path relative to the output folder ("isos/debian.iso")."""
+    complete: bool
+    size: int | None
+    sha256: str | None
+
+
+class Index:
+    """Name claims and completion records for one output folder. Thread-safe."""
+
+    def __init__(self, dest: Path) -> None:
+        folder = dest / STATE_DIR
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(folder / "index.sqlite", timeout=30, isolation_level=None,
+                                       check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute(_SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise DiskError(f"cannot use the index in {folder}: {exc}") from exc
+        self._lock = threading.Lock()
+
+    def lookup(self, url: str) -> Entry | None:
+        with self._lock:
+            row = self._db.execute("SELECT name, complete, size, sha256 FROM files WHERE url=?",
+                                   (url,)).fetchone()
+        return Entry(row[0], bool(row[1]), row[2], row[3]) if row else None
+
+    def owner(self, name: str) -> str | None:
+        """The URL that claimed `name`, if any."""
+        with self._lock:
+            row = self._db.execute("SELECT url FROM files WHERE name=?", (name,)).fetchone()
+        return row[0] if row else None
+
+    def claim(self, url: str, name: str) -> str:
+        """The name `url` will be saved under: `name`, or a deterministic variant of it
+        (`core.naming.disambiguate`) when another URL already owns `name`. A URL that owned another
+        name gives it up (its Content-Disposition said otherwise)."""
+        with self._lock:
+            row = self._db.execute("SELECT name FROM files WHERE url=?", (url,)).fetchone()
+            if row and row[0] == name:
+                return name
+            if row:
+                self._db.execute("DELETE FROM files WHERE url=?", (url,))
+            candidate, salt = name, url
+            while True:
+                try:
+                    self._db.execute("INSERT INTO files (url, name) VALUES (?, ?)", (url, candidate))
+                    return candidate
+                except sqlite3.IntegrityError:
+                    folder, slash, base = name.rpartition("/")
+                    candidate, salt = folder + slash + disambiguate(base, salt), salt + "#"
+
+    def complete(self, url: str, size: int | None, sha256: str | None) -> None:
+        with self._lock:
+            self._db.execute("UPDATE files SET complete=1, size=?, sha256=? WHERE url=?", (size, sha256, url))
+
+    def incomplete(self, url: str) -> None:
+        with self._lock:
+            self._db.execute("UPDATE files SET complete=0 WHERE url=?", (url,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

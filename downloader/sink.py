@@ -1,0 +1,249 @@
+"""Where bytes land: `NAME.part` beside `NAME.part.state`, then an atomic rename to `NAME`.
+
+A file under its final name is always complete (invariant 1): bytes are written with `os.pwrite`
+at their offsets into `NAME.part`, and only `commit()` (after verification) renames it.
+
+The state file is small JSON, written atomically (write, flush, rename)::
+
+    {"version": 1, "url": "...", "size": 1048576, "validator": {"etag": "\\"abc\\"", ...},
+     "layout": "stream", "missing": [[65536, 1048576]]}
+
+For a one-stream download ("layout": "stream") bytes arrive in order, so the `.part` file's own
+length is the exact resume point: a kill -9 loses nothing already written. For a segmented one
+the state's `missing` ranges are authoritative; it is saved after `fdatasync` of the `.part` at
+most every `STATE_INTERVAL` seconds per file and whenever the plan changes, so a kill -9 costs at
+most that interval of re-fetched bytes per segment, and never a byte claimed but not written.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core.naming import PART_SUFFIX, STATE_SUFFIX
+from .core.ranges import Validator
+from .errors import DiskError
+
+STATE_INTERVAL = 1.0
+"""Seconds between state saves of a segmented download."""
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SavedState:
+    """What a state file says about a `.part` left by an earlier try or run."""
+
+    url: str
+    size: int | None
+    validator: Validator
+    layout: str
+    missing: list[tuple[int, int | None]]
+
+    @property
+    def have(self) -> int:
+        """Bytes on disk (for a stream: the resume point)."""
+        if self.layout == "stream":
+            return self.missing[0][0] if self.missing else (self.size or 0)
+        return (self.size or 0) - sum(b - a for a, b in self.missing)
+
+
+def disk_error(exc: OSError, path: Path) -> DiskError:
+    """Translate an OSError from writing `path` into the one line a user should read."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return DiskError(f"disk full while writing {path}", disk_full=True)
+    return DiskError(f"cannot write {path}: {exc.strerror or exc}")
+
+
+class PartFile:
+    """One download's `.part` and state file, beside where the final file will go."""
+
+    def __init__(self, final: Path) -> None:
+        self.final = final
+        self.part = final.with_name(final.name + PART_SUFFIX)
+        self.state = final.with_name(final.name + STATE_SUFFIX)
+        self._fd: int | None = None
+        self._last_save = 0.0
+
+    # reading what an earlier run left
+    def saved(self, url: str) -> SavedState | None:
+        """The state an earlier try left for `url`, checked against the `.part` on disk; None when
+        there is nothing usable (no state, another URL, a damaged file)."""
+        try:
+            data = json.loads(self.state.read_text("utf-8"))
+            part_size = self.part.stat().st_size
+        except (OSError, ValueError):
+            return None
+        try:
+            if data.get("version") != STATE_VERSION or data.get("url") != url:
+                return None
+            size = data.get("size")
+            layout = data.get("layout")
+            if layout == "stream":
+                if size is not None and part_size > size:
+                    return None
+                missing = [(part_size, size)]
+            elif layout == "segments" and isinstance(size, int):
+                missing = [(int(a), int(b)) for a, b in data["missing"] if 0 <= int(a) < int(b) <= size]
+            else:
+                return None
+            return SavedState(url, size, Validator.from_json(data.get("validator")), layout, missing)
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    # writing
+    def open(self, fresh: bool) -> None:
+        """Open `.part` for writing; `fresh` empties it first."""
+        if self._fd is not None:
+            if fresh:
+                self._guard(os.ftruncate, self._fd, 0)
+            return
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            self._fd = os.open(self.part, flags, 0o644)
+        except OSError as exc:
+            raise disk_error(exc, self.part) from exc
+
+    def write(self, offset: int, data) -> None:
+        """Write `data` at `offset` of the `.part`; a short write (full disk) is an error."""
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.pwrite(self._fd, view, offset)
+            except OSError as exc:
+                raise disk_error(exc, self.part) from exc
+            if n == 0:
+                raise DiskError(f"disk full while writing {self.part}", disk_full=True)
+            view, offset = view[n:], offset + n
+
+    def size_on_disk(self) -> int:
+        try:
+            return self.part.stat().st_size
+        except OSError:
+            return 0
+
+    def save_state(self, url: str, size: int | None, validator: Validator, layout: str,
+                   missing: list[tuple[int, int | None]], *, force: bool = True) -> None:
+        """Write the state file atomically; with `force=False` only if STATE_INTERVAL has passed."""
+        now = time.monotonic()
+        if not force and now - self._last_save < STATE_INTERVAL:
+            return
+        self._last_save = now
+        if layout == "segments" and self._fd is not None:
+            self._guard(os.fdatasync, self._fd)
+        data = {"version": STATE_VERSION, "url": url, "size": size, "validator": validator.to_json(),
+                "layout": layout, "missing": [list(r) for r in missing]}
+        tmp = self.state.with_name(self.state.name + ".tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                json.dump(data, fh)
+                fh.flush()
+            os.replace(tmp, self.state)
+        except OSError as exc:
+            raise disk_error(exc, self.state) from exc
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def commit(self) -> None:
+        """Give the complete, verified `.part` its final name and drop the state file."""
+        self.close()
+        try:
+            os.replace(self.part, self.final)
+        except OSError as exc:
+            raise disk_error(exc, self.final) from exc
+        self._unlink(self.state)
+
+    def discard(self) -> None:
+        """Remove `.part` and state (a digest mismatch: those bytes are not worth keeping)."""
+        self.close()
+        self._unlink(self.part)
+        self._unlink(self.state)
+
+    @staticmethod
+    def _unlink(path: Path) -> None:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+    def _guard(self, fn, *args):
+        try:
+            return fn(*args)
+        except OSError as exc:
+            raise disk_error(exc, self.part) from exc
+
+
+class StreamHasher:
+    """Digests of bytes as they stream in order, so verifying costs no second read of the file.
+
+    Small files are hashed inline. Past `THREAD_AFTER` bytes the hashing moves to a thread of
+    its own (hashlib releases the GIL on large updates), so it runs beside the network reads on
+    another core instead of after them; a bounded queue keeps memory flat if hashing falls behind.
+    """
+
+    THREAD_AFTER = 4 << 20
+
+    def __init__(self, algorithms: set[str] | frozenset[str]) -> None:
+        self._hashes = {name: hashlib.new(name) for name in sorted(algorithms)}
+        self.fed = 0
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+
+    def update(self, data) -> None:
+        self.fed += len(data)
+        if self._queue is not None:
+            self._queue.put(data)
+        elif self.fed > self.THREAD_AFTER:
+            self._queue = queue.Queue(maxsize=64)
+            self._thread = threading.Thread(target=self._drain, name="hasher", daemon=True)
+            self._thread.start()
+            self._queue.put(data)
+        else:
+            for h in self._hashes.values():
+                h.update(data)
+
+    def _drain(self) -> None:
+        while (data := self._queue.get()) is not None:
+            for h in self._hashes.values():
+                h.update(data)
+
+    def hexdigests(self) -> dict[str, str]:
+        """Finish and return {algorithm: hex}."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
+        return {name: h.hexdigest() for name, h in self._hashes.items()}
+
+    def abandon(self) -> None:
+        """Stop the helper thread without caring for the result."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
+
+
+def file_digests(path: Path, algorithms, *, hasher: StreamHasher | None = None, end: int | None = None,
+                 finish: bool = True, block: int = 1 << 20) -> dict[str, str] | None:
+    """Digests of a file on disk (a segmented download), or, with `hasher` and `finish=False`, feed
+    its first `end` bytes to a hasher that then goes on with the bytes still to stream in."""
+    hasher = hasher or StreamHasher(algorithms)
+    left = end
+    with open(path, "rb") as fh:
+        while left is None or left > 0:
+            chunk = fh.read(block if left is None else min(block, left))
+            if not chunk:
+                break
+            hasher.update(chunk)
+            if left is not None:
+                left -= len(chunk)
+    return hasher.hexdigests() if finish else None

@@ -1,0 +1,496 @@
+"""One file's download: every step between the I/O, shared by all engines.
+
+An engine (the requests twin or the aiohttp twin) drives a `Transfer` like this, doing only the
+network I/O and the waiting itself::
+
+    first = transfer.begin()                  # a Result (already there) or the first Segment
+    url, headers = transfer.request(seg)      # what to ask for: Range / If-Range when resuming
+    ... send it, follow redirects with core.redirects ...
+    if transfer.accept(seg, status, headers, url):    # decide name, size, resume or restart
+        for chunk in body:
+            pause = transfer.write(seg, chunk)         # None: stop reading this body
+            ...
+        transfer.body_ended(seg)                       # a short body is an error, never a success
+    # on a TransferError: pause = transfer.failed_try(exc, failures); None gives up
+    seg = transfer.claim()                    # more of this file to fetch on this connection?
+    if transfer.leave():                      # the last connection out finishes the file
+        result = transfer.finish()            # verify, rename, index; None: start it over
+
+Decisions come from `core` (naming, ranges, retry, redirects, digests); bytes go through `sink`.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from .config import Options
+from .core.digests import Expected, parse_checksum, server_digests
+from .core.naming import name_from_url, safe_name, safe_subdir, target_name
+from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
+                          judge, range_header)
+from .core.redirects import headers_for
+from .core.results import FAILED, OK, SKIPPED, Result
+from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
+from .core.schedule import Scheduler
+from .core.sources import Job
+from .errors import ChecksumMismatch, DiskError, HTTPStatusError, IncompleteBody, TransferError
+from .index import Index
+from .sink import PartFile, StreamHasher, file_digests
+
+MIN_STEAL = 1 << 20
+"""Smallest half a connection takes over from another at the tail of a file."""
+
+
+@dataclass
+class Context:
+    """What every transfer of a batch shares."""
+
+    options: Options
+    index: Index
+    scheduler: Scheduler
+    reporter: object
+    policy: RetryPolicy
+    rng: object
+    limiter: object | None = None
+    sums: dict[str, Expected] = field(default_factory=dict)
+    """Digests from --sums, by file name."""
+    want_sha256: bool = False
+    """Compute sha256 of every file (for --manifest)."""
+    post_submit: Callable[[Result], None] = lambda result: None
+    """Where a finished job's Result goes (the post stage, then the report); engines call it."""
+    post_submit_async: Callable[[Result], Awaitable[None]] | None = None
+    """The same for the async engine, waiting without blocking the loop."""
+    signal_handler: Callable | None = None
+    """What SIGINT and SIGTERM call (installed by the engine, in the thread that may)."""
+
+
+class Transfer:
+    """The state of one file's download across its connections and tries."""
+
+    def __init__(self, job: Job, ctx: Context, host: str) -> None:
+        self.job = job
+        self.ctx = ctx
+        self.host = host
+        self.url = job.url
+        """Where requests go: the URL after the first response's redirects."""
+        self.crossed_hosts = False
+        """Once a redirect left the first host, credentials stay behind for good."""
+        self.name: str | None = None
+        self.part: PartFile | None = None
+        self.size: int | None = None
+        self.validator = Validator()
+        self.plan: SegmentPlan | None = None
+        self.layout = "stream"
+        self.hasher: StreamHasher | None = None
+        self.expected: list[Expected] = []
+        self.requests = 0
+        self.received = 0
+        self.http_status: int | None = None
+        self.error: TransferError | None = None
+        self.restart_reason: str | None = None
+        self.restarts = 0
+        self.skipped = False
+        self.started = time.monotonic()
+        self._active = 0
+        self._closed = False
+        self._lock = threading.Lock()
+        self._bar_open = False
+
+    # ---------------------------------------------------------------- before the first request
+    @property
+    def dest(self) -> Path:
+        return self.ctx.options.dest
+
+    @property
+    def final(self) -> Path:
+        return self.dest / self.name
+
+    def begin(self) -> Result | Segment:
+        """A Result when the file is already there (nothing is fetched), else the first segment."""
+        self._join()
+        opts, index = self.ctx.options, self.ctx.index
+        entry = index.lookup(self.url)
+        if entry and entry.complete and not opts.overwrite and self._present(entry.name, entry.size):
+            self.name = entry.name
+            return self._skip()
+        name = entry.name if entry else index.claim(self.url, self._wanted_name(None))
+        self._set_name(name)
+        if not entry and not opts.overwrite and self._present(name, None):
+            return self._skip()
+        saved = self.part.saved(self.url)
+        if saved and saved.validator.if_range() and saved.have > 0:
+            return self._resume(saved)
+        return self._probe()
+
+    def _wanted_name(self, content_disposition: str | None) -> str:
+        job = self.job
+        base = safe_name(job.name) if job.name else target_name(self.url, content_disposition) \
+            if content_disposition else safe_name(name_from_url(job.url))
+        sub = safe_subdir(job.subdir) if job.subdir else None
+        return f"{sub}/{base}" if sub else base
+
+    def _present(self, name: str, size: int | None) -> bool:
+        path = self.dest / name
+        try:
+            st = path.stat()
+        except OSError:
+            return False
+        return path.is_file() and (size is None or st.st_size == size)
+
+    def _set_name(self, name: str) -> None:
+        self.name = name
+        self.part = PartFile(self.dest / name)
+        self.expected = self._static_digests()
+
+    def _static_digests(self) -> list[Expected]:
+        found = []
+        if self.job.checksum:
+            found.append(parse_checksum(self.job.checksum, "checksum= in the URL file"))
+        if self.ctx.options.checksum:
+            found.append(parse_checksum(self.ctx.options.checksum, "--checksum"))
+        by_name = self.ctx.sums.get(Path(self.name).name) or self.ctx.sums.get(self.name)
+        if by_name:
+            found.append(by_name)
+        return found
+
+    def _resume(self, saved) -> Segment:
+        self.size, self.validator, self.layout = saved.size, saved.validator, saved.layout
+        self.part.open(fresh=False)
+        if saved.layout == "stream":
+            have = saved.have
+            self.plan = SegmentPlan(saved.size or UNKNOWN_END, [(have, saved.size or UNKNOWN_END)])
+            self._start_hasher(prefix=have)
+        else:
+            self.plan = SegmentPlan(saved.size, saved.missing, max_connections=self._max_connections(True),
+                                    min_steal=self._min_steal())
+        self._open_bar()
+        self.ctx.reporter.file_progress(self, self.plan.fetched())
+        return self.plan.claim()
+
+    def _probe(self) -> Segment:
+        self.plan = None
+        return Segment(0, UNKNOWN_END, owned=True)
+
+    def _skip(self) -> Result:
+        self.skipped = True
+        entry_size = None
+        try:
+            entry_size = self.final.stat().st_size
+        except OSError:
+            pass
+        self.ctx.index.complete(self.url, entry_size, None)
+        return self._result(SKIPPED, size=entry_size)
+
+    # ---------------------------------------------------------------- requests and responses
+    def request(self, seg: Segment) -> tuple[str, list[tuple[str, str]]]:
+        """URL and headers for the next try on `seg`."""
+        self.requests += 1
+        opts = self.ctx.options
+        user = headers_for(tuple(opts.headers) + tuple(self.job.headers), self.crossed_hosts)
+        headers = [("Accept-Encoding", "identity")]
+        if self.plan is not None and not self.validator.if_range():
+            self._reset_stream(seg)
+        if self.plan is not None:
+            end = None if seg.end >= (self.size or UNKNOWN_END) else seg.end
+            headers.append(("Range", range_header(seg.pos, end)))
+            headers.append(("If-Range", self.validator.if_range()))
+        names = {k.lower() for k, _ in user}
+        return self.url, [h for h in headers if h[0].lower() not in names] + list(user)
+
+    def redirected(self, url: str, cross_host: bool) -> None:
+        """Follow-up requests go to `url`; after a host change, credentials are dropped for good."""
+        self.url = url
+        self.crossed_hosts = self.crossed_hosts or cross_host
+
+    def user_headers_after_redirect(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        return list(headers_for(tuple(headers), self.crossed_hosts))
+
+    def accept(self, seg: Segment, status: int, reason: str, headers) -> bool:
+        """Decide what a response means. True: read its body into `seg`. False: do not (the file
+        is done, already there, or must start over). Raises HTTPStatusError for error statuses."""
+        self.http_status = status
+        if status >= 300 and status != 416:
+            retry_after = parse_retry_after(headers.get("Retry-After"))
+            raise HTTPStatusError(status, reason, retryable=status in RETRYABLE_STATUSES,
+                                  retry_after=retry_after)
+        if self.plan is None:
+            return self._accept_first(seg, status, headers)
+        verdict = judge(status, headers, start=seg.pos, validator=self.validator, size=self.size)
+        if verdict.action == "done":
+            self.plan.written(seg, 0)
+            seg.end = seg.pos
+            return False
+        if verdict.action == "restart":
+            self.restart_reason = verdict.reason
+            return False
+        if self.size is None and verdict.size is not None:
+            self.size = verdict.size
+        return True
+
+    def _accept_first(self, seg: Segment, status: int, headers) -> bool:
+        if status != 200:
+            self.restart_reason = f"unexpected HTTP {status} to a plain GET"
+            raise TransferError(self.restart_reason, retryable=True)
+        cd = headers.get("Content-Disposition")
+        if cd and not self.job.name:
+            wanted = self._wanted_name(cd)
+            if wanted != self.name:
+                self._set_name(self.ctx.index.claim(self.job.url, wanted))
+                if not self.ctx.options.overwrite and self._present(self.name, None):
+                    self.skipped = True
+                    return False
+        self.size = content_length(headers)
+        self.validator = Validator.from_headers(headers)
+        ranges = "bytes" in (headers.get("Accept-Ranges") or "").lower() and bool(self.validator.if_range())
+        connections = connections_for(self.size, ranges, self.ctx.options.segments,
+                                      self.ctx.options.min_segment_size)
+        self.layout = "segments" if connections > 1 else "stream"
+        self.expected = self._static_digests() + server_digests(status, headers)
+        self.part.open(fresh=True)
+        seg.end = self.size if self.size is not None else UNKNOWN_END
+        self.plan = SegmentPlan(seg.end, [], max_connections=connections, min_steal=self._min_steal())
+        self.plan.add(seg)
+        if self.layout == "stream":
+            self._start_hasher(prefix=0)
+        self._save_state()
+        self._open_bar()
+        if connections > 1:
+            self.ctx.scheduler.open_for_help(self)
+        return True
+
+    def _max_connections(self, ranges: bool) -> int:
+        return connections_for(self.size, ranges, self.ctx.options.segments, self.ctx.options.min_segment_size)
+
+    def _min_steal(self) -> int:
+        return min(self.ctx.options.min_segment_size, MIN_STEAL)
+
+    def _start_hasher(self, prefix: int) -> None:
+        algorithms = self._algorithms()
+        if not algorithms:
+            self.hasher = None
+            return
+        self.hasher = StreamHasher(algorithms)
+        if prefix:
+            file_digests(self.part.part, algorithms, hasher=self.hasher, end=prefix, finish=False)
+
+    def _algorithms(self) -> set[str]:
+        algorithms = {e.algorithm for e in self.expected}
+        if self.ctx.want_sha256:
+            algorithms.add("sha256")
+        return algorithms
+
+    def _reset_stream(self, seg: Segment) -> None:
+        """A one-stream file whose server cannot prove a range: fetch it again from zero."""
+        self.part.open(fresh=True)
+        self.plan = None
+        seg.pos = seg.cursor = 0
+        seg.end = UNKNOWN_END
+        if self.hasher:
+            self.hasher.abandon()
+            self.hasher = None
+
+    # ---------------------------------------------------------------- bodies
+    def write(self, seg: Segment, data) -> float | None:
+        """Store a chunk of `seg`'s body. Returns None to stop reading (the segment is complete, a
+        stop was asked, or the file must start over), else seconds to pause (--max-speed)."""
+        if self.error or self.restart_reason or self.ctx.scheduler.stopping:
+            return None
+        offset, n = self.plan.reserve(seg, len(data))
+        if n:
+            chunk = data if n == len(data) else memoryview(data)[:n]
+            self.part.write(offset, chunk)
+            if self.hasher is not None:
+                self.hasher.update(chunk)
+            self.plan.written(seg, n)
+            self.received += n
+            self.ctx.reporter.file_progress(self, n)
+            if self.layout == "segments":
+                self._save_state(force=False)
+        if n < len(data) or seg.pos >= seg.end:
+            return None
+        return self.ctx.limiter.take(n) if self.ctx.limiter is not None else 0.0
+
+    def body_ended(self, seg: Segment) -> None:
+        """The body ended (EOF). A segment still missing bytes is an error, never a success."""
+        if self.error or self.restart_reason or self.ctx.scheduler.stopping or seg.pos >= seg.end:
+            return
+        if seg.end == UNKNOWN_END:
+            self.size = seg.pos
+            seg.end = seg.pos
+            self.plan.size = seg.pos
+            return
+        raise IncompleteBody(f"connection closed after {seg.pos:,} of {seg.end:,} bytes"
+                             if seg.end == self.size else
+                             f"range body ended at byte {seg.pos:,}, expected up to {seg.end:,}")
+
+    def failed_try(self, exc: TransferError, failures: int) -> float | None:
+        """After try number `failures` (counting this one) on a segment failed: seconds to wait
+        before the next try, or None to give up on the file."""
+        if isinstance(exc, DiskError) or not self.ctx.policy.should_retry(failures, exc.retryable):
+            if self.error is None:
+                self.error = exc
+            return None
+        delay = self.ctx.policy.delay(failures, exc.retry_after, self.ctx.rng)
+        self.ctx.reporter.info(f"retrying {self.job.url} in {delay:.1f} s: {exc}")
+        return delay
+
+    def stopped(self) -> bool:
+        """Whether connections on this file should stop trying."""
+        return bool(self.error or self.restart_reason or self.skipped or self.ctx.scheduler.stopping)
+
+    # ---------------------------------------------------------------- connections
+    def _join(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def claim(self) -> Segment | None:
+        """More of this file for the connection that just finished a segment, or None."""
+        with self._lock:
+            if self._closed or self.stopped() or self.plan is None:
+                return None
+            return self.plan.claim()
+
+    def can_help(self) -> bool:
+        """Whether another connection could take part of this file now (for the scheduler)."""
+        return not self._closed and not self.stopped() and self.plan is not None and self.plan.can_help()
+
+    def claim_for_helper(self) -> Segment | None:
+        """A segment for a connection joining from the scheduler, counted as active at once."""
+        with self._lock:
+            if self._closed or self.stopped() or self.plan is None:
+                return None
+            seg = self.plan.claim()
+            if seg is not None:
+                self._active += 1
+            return seg
+
+    def release(self, seg: Segment | None) -> None:
+        if seg is not None and self.plan is not None and seg in self.plan.segments:
+            self.plan.release(seg)
+
+    def leave(self) -> bool:
+        """A connection is done with this file; True for the last one (which must call finish)."""
+        with self._lock:
+            self._active -= 1
+            last = self._active == 0
+            self._closed = last
+        if last:
+            self.ctx.scheduler.close_for_help(self)
+        return last
+
+    # ---------------------------------------------------------------- the end
+    def finish(self) -> Result | Segment:
+        """Called by the last connection: verify, commit and record the file (a Result), or a
+        fresh first Segment when it must start over (the file changed, a digest did not match)."""
+        if self.skipped:
+            return self._skip()
+        if self.error is not None:
+            return self._give_up(self.error)
+        if self.restart_reason is not None:
+            return self._start_over(self.restart_reason)
+        if self.ctx.scheduler.stopping and not (self.plan and self.plan.done()):
+            self._park()
+            return self._result(FAILED, error="interrupted: run the same command again to resume")
+        try:
+            digests = self._verify()
+            self.part.commit()
+        except ChecksumMismatch as exc:
+            self.part.discard()
+            if self.restarts < self.ctx.options.retries:
+                self.ctx.reporter.info(f"{self.name}: {exc}; fetching it again")
+                return self._start_over(str(exc))
+            return self._result(FAILED, error=str(exc))
+        except DiskError as exc:
+            return self._give_up(exc)
+        sha256 = digests.get("sha256")
+        self.ctx.index.complete(self.job.url, self.size, sha256)
+        return self._result(OK, size=self.size, sha256=sha256)
+
+    def finish_blocks(self) -> bool:
+        """Whether finish() will read the whole file (a segmented download to verify), so an event
+        loop should run it in a thread."""
+        return self.layout == "segments" and bool(self._algorithms()) and not self.stopped()
+
+    def failure(self, exc: TransferError) -> Result:
+        """A Result for a job that failed before any connection could work on it."""
+        return self._give_up(exc)
+
+    def park_quietly(self) -> Result:
+        """A connection is stuck past the stop grace period: keep what is on disk, report it."""
+        self._park()
+        return self._result(FAILED, error="interrupted: run the same command again to resume")
+
+    def _verify(self) -> dict[str, str]:
+        algorithms = self._algorithms()
+        if not algorithms:
+            return {}
+        if self.hasher is not None and self.hasher.fed == self.size:
+            digests = self.hasher.hexdigests()
+        else:
+            if self.hasher is not None:
+                self.hasher.abandon()
+            digests = file_digests(self.part.part, algorithms)
+        self.hasher = None
+        for expected in self.expected:
+            actual = digests[expected.algorithm]
+            if actual != expected.hexdigest:
+                raise ChecksumMismatch(expected.algorithm, expected.hexdigest, actual, expected.source)
+        return digests
+
+    def _start_over(self, reason: str) -> Result | Segment:
+        self.restarts += 1
+        if self.restarts > self.ctx.options.retries:
+            return self._give_up(TransferError(f"gave up after {self.restarts} restarts: {reason}"))
+        self.ctx.reporter.info(f"{self.job.url}: {reason}; starting it again from zero")
+        if self.hasher is not None:
+            self.hasher.abandon()
+            self.hasher = None
+        self.ctx.reporter.file_restarted(self)
+        self.restart_reason = None
+        self.validator = Validator()
+        self.size = None
+        with self._lock:
+            self._active, self._closed = 1, False
+        return self._probe()
+
+    def _give_up(self, exc: TransferError) -> Result:
+        self._park()
+        return self._result(FAILED, error=str(exc))
+
+    def _park(self) -> None:
+        """Leave `.part` and state for the next run, unless nothing was written."""
+        if self.hasher is not None:
+            self.hasher.abandon()
+            self.hasher = None
+        if self.part is None:
+            return
+        try:
+            if self.plan is not None and self.plan.fetched() > 0 and self.validator.if_range():
+                self._save_state()
+            elif self.plan is not None and self.plan.fetched() == 0:
+                self.part.discard()
+        except DiskError:
+            pass
+        self.part.close()
+
+    def _save_state(self, force: bool = True) -> None:
+        missing = self.plan.missing() if self.layout == "segments" else [(self.plan.fetched(), self.size)]
+        self.part.save_state(self.job.url, self.size, self.validator, self.layout, missing, force=force)
+
+    def _open_bar(self) -> None:
+        if not self._bar_open:
+            self._bar_open = True
+            self.ctx.reporter.file_started(self, self.name, self.size)
+
+    def _result(self, status: str, *, size: int | None = None, sha256: str | None = None,
+                error: str | None = None) -> Result:
+        path = str(self.dest / self.name) if self.name else None
+        result = Result(url=self.job.url, status=status, path=path, http_status=self.http_status,
+                        bytes=self.received, size=size, sha256=sha256, attempts=self.requests,
+                        seconds=round(time.monotonic() - self.started, 6), error=error, line=self.job.line)
+        if self._bar_open:
+            self.ctx.reporter.file_finished(self, result)
+        return result
