@@ -52,6 +52,10 @@ SLOW_RATE = 2 * MiB
 FAIL_RATE = 0.2
 """Share of responses under /flaky/ that are a 503 with Retry-After: 0."""
 
+DOWNLOADER_STATE = r"\.downloader/index\.sqlite(-wal|-shm|-journal)?"
+"""What the downloader may leave in its output folder besides the files: its batch index
+(downloader/index.py). Anything else there (a .part, a state file) fails the run."""
+
 ECHO_MODULE = Path("/usr/lib/nginx/modules/ngx_http_echo_module.so")
 APT_PACKAGES = {"nginx": "nginx-light", "curl": "curl", "aria2c": "aria2", "wget2": "wget2"}
 """The programs this script runs, and the Debian package of each."""
@@ -115,9 +119,12 @@ def ensure_data(data: DataSet) -> Digests:
     return digests
 
 
-def verify(out: Path, expected: Digests) -> str | None:
-    """None when `out` holds exactly the expected files with the expected bytes, else what is wrong."""
+def verify(out: Path, expected: Digests, allowed: str | None = None) -> str | None:
+    """None when `out` holds exactly the expected files with the expected bytes (and files whose
+    path matches the regex `allowed`), else what is wrong."""
     found = {path.relative_to(out).as_posix(): path for path in out.rglob("*") if path.is_file()}
+    if allowed:
+        found = {name: path for name, path in found.items() if not re.fullmatch(allowed, name)}
     missing = sorted(expected.keys() - found.keys())
     extra = sorted(found.keys() - expected.keys())
     if missing or extra:
@@ -301,8 +308,11 @@ class MockFaults:
 
     def traffic(self) -> str:
         """What the server saw since it started: GETs and HEADs in all."""
-        with urllib.request.urlopen(f"{self.base}/__stats", timeout=10) as answer:
-            counts = list(json.load(answer).values())
+        try:
+            with urllib.request.urlopen(f"{self.base}/__stats", timeout=10) as answer:
+                counts = list(json.load(answer).values())
+        except (OSError, ValueError) as exc:
+            return f"no stats from the mock server: {exc}"
         return (f"server saw {sum(c.get('gets', 0) for c in counts)} GETs, "
                 f"{sum(c.get('heads', 0) for c in counts)} HEADs")
 
@@ -455,10 +465,14 @@ class Variant:
     build: Callable[[Job], list[str]]
     needs: tuple[str, ...] = ()
     """Options of `downloader get` this variant uses that may not exist yet."""
-
     @property
     def is_peer(self) -> bool:
         return self.tool != "downloader"
+
+    @property
+    def allowed(self) -> str | None:
+        """Regex of the paths this tool may leave in the output folder besides the files."""
+        return None if self.is_peer else DOWNLOADER_STATE
 
 
 @dataclass(frozen=True)
@@ -666,12 +680,11 @@ def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, ru
         outcome = Outcome(variant.label)
         outcome.skipped = skip_reason(variant, options)
         if not outcome.skipped:
-            shutil.rmtree(out, ignore_errors=True)
             outcome.argv = variant.build(job)
         outcomes.append(outcome)
     active = [(variant, outcome) for variant, outcome in zip(scenario.variants, outcomes)
               if not outcome.skipped]
-    if scenario.name == "help" and active and shutil.which("hyperfine"):
+    if scenario.data is None and shutil.which("hyperfine"):  # a command without downloads
         for variant, outcome in active:
             outcome.runs = hyperfine(outcome.argv, scenario.runs or runs, child_env)
         return outcomes
@@ -679,14 +692,14 @@ def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, ru
         for variant, outcome in active:
             shutil.rmtree(out, ignore_errors=True)
             out.mkdir(parents=True)
-            log = work / f"{variant.label.replace(' ', '_').replace('=', '')}.{index}.log"
+            log = work / f"{re.sub(r'[^A-Za-z0-9.]+', '_', variant.label)}.{index}.log"
             if mock and scenario.location == "flaky":
                 mock.fresh()
             run = timed(outcome.argv, log, scenario.timeout, child_env)
             if mock and scenario.location == "flaky":
                 run.server = mock.traffic()
             if scenario.data is not None and not run.error:
-                run.error = verify(out, expected)
+                run.error = verify(out, expected, variant.allowed)
             if run.error:
                 run.error += f" [{log_tail(log)}]" if log.stat().st_size else ""
                 print(f"  ! {scenario.name} / {variant.label} run {index + 1}: {run.error}", flush=True)

@@ -37,7 +37,7 @@ from .errors import DiskError, UsageError
 from .index import Index
 from .progress import LineReporter
 from .core.ratelimit import TokenBucket
-from .transfer import Context
+from .transfer import Context, claim_name
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 """Exit codes of the CLI: everything done; some URL failed or some input line was rejected;
@@ -115,7 +115,7 @@ class Downloader:
         recorder = _Recorder(results, self.reporter, self.report, opts.manifest)
         index = Index(opts.dest)
         scheduler = Scheduler(Feed(()), per_host=opts.per_host, connections=opts.jobs)
-        feed = Feed(self._jobs(sources, results), on_item=lambda: scheduler.wake())
+        feed = Feed(self._jobs(sources, results, index), on_item=lambda: scheduler.wake())
         scheduler.feed = feed
         post = _post_stage(opts, recorder)
         ctx = Context(options=opts, index=index, scheduler=scheduler, reporter=self.reporter,
@@ -157,8 +157,9 @@ class Downloader:
             self._engine.stop()
 
     # ------------------------------------------------------------------ internals
-    def _jobs(self, sources: list[_Source], results: Results) -> Iterator[Job]:
-        """The jobs of every source in turn, duplicates dropped, bad lines reported (feed thread)."""
+    def _jobs(self, sources: list[_Source], results: Results, index: Index) -> Iterator[Job]:
+        """The jobs of every source in turn, duplicates dropped, bad lines reported, names claimed
+        in input order (runs in the feed thread)."""
         seen = Deduplicator()
         count = 0
         for source in sources:
@@ -166,6 +167,7 @@ class Downloader:
                 if isinstance(item, Job):
                     if seen.first_time(item.url):
                         count += 1
+                        claim_name(index, item)
                         yield item
                 elif isinstance(item, Rejected):
                     results.rejected.append(item)

@@ -204,11 +204,13 @@ class PostStage:
     `submit` hands a file over and returns at once while fewer than `max_pending` files are in
     work; past that it blocks, so a fast network cannot pile up files the CPU has not reached:
     downloads slow to the stage's pace and memory stays flat. `submit_async` is its twin for
-    coroutines. When a file is done, `on_done(path, key, results)` runs on whichever thread
-    finished it (the pool's result thread, a worker thread, or the caller for "inline"). Keep it
-    quick and never call `submit` from it: that thread is the one that frees slots. An exception it
-    raises is logged by concurrent.futures and the file still counts as done. A file's slot is
-    freed only after `on_done` returns, so once `close` returns every callback has run.
+    coroutines.
+
+    When a file is done, `on_done(path, key, results)` runs on whichever thread finished it (the
+    pool's result thread, a worker thread, or the caller for "inline"). Keep it quick, and call
+    neither `submit` nor `close` from it: they may wait for a slot that only its return frees. An
+    exception it raises is logged by concurrent.futures and the file still counts as done. A
+    file's slot is freed only after `on_done` returns, so once `close` returns, every callback has run.
 
     A worker process that dies (killed, out of memory) breaks its pool: every file in that pool
     gets one error result per task ("worker process died"), and the next submission starts a
@@ -313,7 +315,8 @@ class PostStage:
     def _free_slot(self, finished: bool) -> None:
         with self._lock:
             self._pending -= 1
-            self._completed += finished
+            if finished:
+                self._completed += 1
             self._wake_waiters()
 
     def _wake_waiters(self) -> None:

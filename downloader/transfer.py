@@ -28,9 +28,9 @@ from typing import Awaitable, Callable
 
 from .config import Options
 from .core.digests import Expected, parse_checksum, server_digests
-from .core.naming import name_from_url, safe_name, safe_subdir, target_name
+from .core.naming import relative_target
 from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
-                          judge, range_header)
+                          judge, length_disagrees, parse_content_range, range_header)
 from .core.redirects import headers_for
 from .core.results import FAILED, OK, SKIPPED, Result
 from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
@@ -42,6 +42,10 @@ from .sink import PartFile, StreamHasher, file_digests
 
 MIN_STEAL = 1 << 20
 """Smallest half a connection takes over from another at the tail of a file."""
+PIECE_RANGE = (256 << 10, 4 << 20)
+"""Bounds of the piece a segmented download asks for in one request (`--min-segment-size`
+clamped to these): small enough that the tail of a file can be shared out, large enough that
+requests cost nothing next to the bytes."""
 
 
 @dataclass
@@ -65,6 +69,14 @@ class Context:
     """The same for the async engine, waiting without blocking the loop."""
     signal_handler: Callable | None = None
     """What SIGINT and SIGTERM call (installed by the engine, in the thread that may)."""
+
+
+def claim_name(index: Index, job: Job) -> str:
+    """Claim the name a job's URL gives, in input order (the feed does this for every job, so
+    which of two URLs wanting one name gets it plain does not depend on which finishes first)."""
+    entry = index.lookup(job.url)
+    wanted = relative_target(job.url, out=job.name, subdir=job.subdir)
+    return entry.name if entry else index.claim(job.url, wanted)
 
 
 class Transfer:
@@ -109,16 +121,13 @@ class Transfer:
         return self.dest / self.name
 
     def begin(self) -> Result | Segment:
-        """A Result when the file is already there (nothing is fetched), else the first segment."""
+        """A Result when the file is already there (nothing is fetched), else the first segment.
+        Any file under the job's final name counts as already there (final names only ever hold
+        complete files); `--overwrite` fetches it again."""
         self._join()
-        opts, index = self.ctx.options, self.ctx.index
-        entry = index.lookup(self.url)
-        if entry and entry.complete and not opts.overwrite and self._present(entry.name, entry.size):
-            self.name = entry.name
-            return self._skip()
-        name = entry.name if entry else index.claim(self.url, self._wanted_name(None))
-        self._set_name(name)
-        if not entry and not opts.overwrite and self._present(name, None):
+        entry = self.ctx.index.lookup(self.url)
+        self._set_name(entry.name if entry else claim_name(self.ctx.index, self.job))
+        if not self.ctx.options.overwrite and self._present(self.name):
             return self._skip()
         saved = self.part.saved(self.url)
         if saved and saved.validator.if_range() and saved.have > 0:
@@ -126,19 +135,10 @@ class Transfer:
         return self._probe()
 
     def _wanted_name(self, content_disposition: str | None) -> str:
-        job = self.job
-        base = safe_name(job.name) if job.name else target_name(self.url, content_disposition) \
-            if content_disposition else safe_name(name_from_url(job.url))
-        sub = safe_subdir(job.subdir) if job.subdir else None
-        return f"{sub}/{base}" if sub else base
+        return relative_target(self.url, content_disposition, out=self.job.name, subdir=self.job.subdir)
 
-    def _present(self, name: str, size: int | None) -> bool:
-        path = self.dest / name
-        try:
-            st = path.stat()
-        except OSError:
-            return False
-        return path.is_file() and (size is None or st.st_size == size)
+    def _present(self, name: str) -> bool:
+        return (self.dest / name).is_file()
 
     def _set_name(self, name: str) -> None:
         self.name = name
@@ -193,9 +193,15 @@ class Transfer:
         headers = [("Accept-Encoding", "identity")]
         if self.plan is not None and not self.validator.if_range():
             self._reset_stream(seg)
-        if self.plan is not None:
-            end = None if seg.end >= (self.size or UNKNOWN_END) else seg.end
-            headers.append(("Range", range_header(seg.pos, end)))
+        if self.plan is None:
+            # the first request: with segments allowed, ask for the first piece only, so the file
+            # can be shared out without any connection having asked for all of it
+            seg.req_end = self.piece if opts.segments > 1 else UNKNOWN_END
+            if opts.segments > 1:
+                headers.append(("Range", range_header(0, self.piece)))
+        else:
+            req_end = self.plan.request(seg, self.piece if self.layout == "segments" else None)
+            headers.append(("Range", range_header(seg.pos, None if req_end >= self.plan.size else req_end)))
             headers.append(("If-Range", self.validator.if_range()))
         names = {k.lower() for k, _ in user}
         return self.url, [h for h in headers if h[0].lower() not in names] + list(user)
@@ -231,28 +237,30 @@ class Transfer:
         return True
 
     def _accept_first(self, seg: Segment, status: int, headers) -> bool:
-        if status != 200:
-            self.restart_reason = f"unexpected HTTP {status} to a plain GET"
-            raise TransferError(self.restart_reason, retryable=True)
+        size, ranged_end = self._first_extent(status, headers)
         cd = headers.get("Content-Disposition")
-        if cd and not self.job.name:
+        if (cd or self.url != self.job.url) and not self.job.name:
             wanted = self._wanted_name(cd)
             if wanted != self.name:
                 self._set_name(self.ctx.index.claim(self.job.url, wanted))
-                if not self.ctx.options.overwrite and self._present(self.name, None):
+                if not self.ctx.options.overwrite and self._present(self.name):
                     self.skipped = True
                     return False
-        self.size = content_length(headers)
+        self.size = size
         self.validator = Validator.from_headers(headers)
-        ranges = "bytes" in (headers.get("Accept-Ranges") or "").lower() and bool(self.validator.if_range())
+        ranges = (status == 206 or "bytes" in (headers.get("Accept-Ranges") or "").lower()) \
+            and bool(self.validator.if_range())
         connections = connections_for(self.size, ranges, self.ctx.options.segments,
                                       self.ctx.options.min_segment_size)
         self.layout = "segments" if connections > 1 else "stream"
         self.expected = self._static_digests() + server_digests(status, headers)
         self.part.open(fresh=True)
         seg.end = self.size if self.size is not None else UNKNOWN_END
+        seg.req_end = ranged_end if ranged_end is not None else seg.end
         self.plan = SegmentPlan(seg.end, [], max_connections=connections, min_steal=self._min_steal())
         self.plan.add(seg)
+        if status == 416:
+            return False
         if self.layout == "stream":
             self._start_hasher(prefix=0)
         self._save_state()
@@ -260,6 +268,27 @@ class Transfer:
         if connections > 1:
             self.ctx.scheduler.open_for_help(self)
         return True
+
+    def _first_extent(self, status: int, headers) -> tuple[int | None, int | None]:
+        """(file size, end of the bytes this first response carries) from a 200, a 206 to the
+        first-piece request, or a 416 (an empty file has no first piece)."""
+        if status == 200:
+            return content_length(headers), None
+        if status == 206:
+            crange = parse_content_range(headers.get("Content-Range"))
+            if length_disagrees(headers):
+                raise IncompleteBody(length_disagrees(headers))
+            if crange and crange[0] == 0 and crange[2] is not None:
+                return crange[2], crange[1] + 1
+        if status == 416 and (headers.get("Content-Range") or "").replace(" ", "").endswith("*/0"):
+            return 0, 0
+        raise TransferError(f"unexpected HTTP {status} to the first request"
+                            + (f" (Content-Range {headers.get('Content-Range')!r})" if status == 206 else ""))
+
+    @property
+    def piece(self) -> int:
+        low, high = PIECE_RANGE
+        return max(low, min(self.ctx.options.min_segment_size, high))
 
     def _max_connections(self, ranges: bool) -> int:
         return connections_for(self.size, ranges, self.ctx.options.segments, self.ctx.options.min_segment_size)
@@ -309,22 +338,23 @@ class Transfer:
             self.ctx.reporter.file_progress(self, n)
             if self.layout == "segments":
                 self._save_state(force=False)
-        if n < len(data) or seg.pos >= seg.end:
+        if n < len(data):
             return None
         return self.ctx.limiter.take(n) if self.ctx.limiter is not None else 0.0
 
     def body_ended(self, seg: Segment) -> None:
         """The body ended (EOF). A segment still missing bytes is an error, never a success."""
-        if self.error or self.restart_reason or self.ctx.scheduler.stopping or seg.pos >= seg.end:
+        if self.error or self.restart_reason or self.ctx.scheduler.stopping or \
+                seg.pos >= min(seg.end, seg.req_end):
             return
         if seg.end == UNKNOWN_END:
             self.size = seg.pos
             seg.end = seg.pos
             self.plan.size = seg.pos
             return
-        raise IncompleteBody(f"connection closed after {seg.pos:,} of {seg.end:,} bytes"
-                             if seg.end == self.size else
-                             f"range body ended at byte {seg.pos:,}, expected up to {seg.end:,}")
+        want = min(seg.end, seg.req_end)
+        raise IncompleteBody(f"connection closed after {seg.pos:,} of {want:,} bytes" if want == self.size
+                             else f"range body ended at byte {seg.pos:,}, expected up to {want:,}")
 
     def failed_try(self, exc: TransferError, failures: int) -> float | None:
         """After try number `failures` (counting this one) on a segment failed: seconds to wait

@@ -99,8 +99,25 @@ def _fit(name: str, limit: int, keep_tail: int | None = None) -> str:
     return encoded.decode("utf-8", "ignore").rstrip(".") + tail or "_"
 
 
+def relative_target(url: str, content_disposition: str | None = None, *, out: str | None = None,
+                    subdir: str | None = None) -> str:
+    """Where a job's file goes, relative to the output folder: the name the input asked for (aria2
+    `out=`), else `target_name`; inside the safe form of `subdir` (aria2 `dir=`) when given."""
+    base = safe_name(out) if out else target_name(url, content_disposition)
+    sub = safe_subdir(subdir) if subdir else None
+    return f"{sub}/{base}" if sub else base
+
+
 def safe_subdir(raw: str) -> str | None:
     """A relative folder path from aria2 `dir=`, each part made safe; None for an empty path.
-    Absolute paths and `..` parts cannot leave the output folder: they are folded into it."""
-    parts = [safe_name(p) for p in raw.replace("\\", "/").split("/") if p.strip() not in ("", ".", "..")]
+    `..` goes up only within the output folder, and absolute paths are taken as relative to it:
+    `sub/../x` is `x`, `../../x` is `x`, `/srv/x` is `srv/x`."""
+    parts: list[str] = []
+    for part in raw.replace("\\", "/").split("/"):
+        part = part.strip()
+        if part == "..":
+            if parts:
+                parts.pop()
+        elif part not in ("", "."):
+            parts.append(safe_name(part))
     return "/".join(parts) or None

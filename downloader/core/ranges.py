@@ -73,6 +73,15 @@ def content_length(headers) -> int | None:
     return int(value)
 
 
+def length_disagrees(headers) -> str | None:
+    """Why a 206's Content-Length and Content-Range cannot both be true, or None when they agree."""
+    crange, length = parse_content_range(headers.get("Content-Range")), content_length(headers)
+    if crange is None or length is None or length == crange[1] - crange[0] + 1:
+        return None
+    return (f"the server's Content-Length ({length:,}) disagrees with its Content-Range "
+            f"({crange[1] - crange[0] + 1:,} bytes)")
+
+
 def range_header(start: int, end: int | None) -> str:
     """The Range value for bytes [start, end) (end None: to the end of the file)."""
     return f"bytes={start}-" if end is None else f"bytes={start}-{end - 1}"
@@ -101,7 +110,9 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
         total = int(match.group(1)) if match else None
         if size is not None and start >= size and total in (None, size):
             return Verdict("done", start, size)
-        return Verdict("restart", 0, None, "the server refused the range (416)")
+        told = f"the server says the file has {total:,} bytes, not {size:,}" \
+            if total is not None and size is not None and total != size else "the server refused the range (416)"
+        return Verdict("restart", 0, total, told)
     if status == 200:
         changed = validator.if_range() and not validator.same_as(fresh)
         return Verdict("restart", 0, content_length(headers),
@@ -111,6 +122,8 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
         if crange is None:
             return Verdict("restart", 0, None, "a 206 without a usable Content-Range")
         first, _last, total = crange
+        if length_disagrees(headers):
+            return Verdict("restart", 0, total, length_disagrees(headers))
         if first != start:
             return Verdict("restart", 0, total, f"asked for bytes from {start}, got them from {first}")
         if size is not None and total is not None and total != size:
@@ -123,9 +136,11 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
 
 class Segment:
     """One connection's share of a file: bytes [pos, end) are still to come; `end` may shrink when
-    another connection takes over the far half."""
+    another connection takes over the far half. The connection asks for its share in requests of
+    at most a piece, [pos, req_end); only bytes nobody has asked for yet are ever taken over, so
+    no byte crosses the network twice."""
 
-    __slots__ = ("pos", "cursor", "end", "owned")
+    __slots__ = ("pos", "cursor", "end", "req_end", "owned")
 
     def __init__(self, pos: int, end: int, owned: bool = False) -> None:
         self.pos = pos
@@ -133,11 +148,18 @@ class Segment:
         self.cursor = pos
         """Bytes before this are on disk or being written right now."""
         self.end = end
+        self.req_end = pos
+        """End of the range the current request asked for (`pos`: nothing asked yet)."""
         self.owned = owned
 
     @property
     def remaining(self) -> int:
         return max(0, self.end - self.cursor)
+
+    @property
+    def unrequested(self) -> int:
+        """Bytes of this segment no request has asked for yet (what another connection may take)."""
+        return max(0, self.end - max(self.cursor, self.req_end)) if self.owned else self.remaining
 
     def __repr__(self) -> str:
         return f"Segment({self.pos}, {self.end}, owned={self.owned})"
@@ -173,10 +195,10 @@ class SegmentPlan:
                 if not seg.owned and seg.remaining > 0:
                     seg.owned = True
                     return seg
-            victim = max((s for s in self.segments if s.owned), key=lambda s: s.remaining, default=None)
-            if victim is None or victim.remaining < 2 * self.min_steal:
+            victim = max((s for s in self.segments if s.owned), key=lambda s: s.unrequested, default=None)
+            if victim is None or victim.unrequested < 2 * self.min_steal:
                 return None
-            mid = victim.cursor + victim.remaining // 2
+            mid = victim.end - victim.unrequested // 2
             taken = Segment(mid, victim.end, owned=True)
             victim.end = mid
             self.segments.append(taken)
@@ -193,15 +215,21 @@ class SegmentPlan:
         with self._lock:
             if self.active >= self.max_connections:
                 return False
-            return any((not s.owned and s.remaining) or (s.owned and s.remaining >= 2 * self.min_steal)
+            return any((not s.owned and s.remaining) or (s.owned and s.unrequested >= 2 * self.min_steal)
                        for s in self.segments)
+
+    def request(self, seg: Segment, piece: int | None) -> int:
+        """The end of the next request for `seg`: at most `piece` bytes on (None: to its end)."""
+        with self._lock:
+            seg.req_end = seg.end if piece is None else min(seg.end, seg.pos + piece)
+            return seg.req_end
 
     def reserve(self, seg: Segment, length: int) -> tuple[int, int]:
         """(offset, count): where and how many of `length` arriving bytes the owner of `seg` may
-        write; fewer than `length` when its end has moved or been reached."""
+        write; fewer than `length` when its end has moved or its request's end has been reached."""
         with self._lock:
             offset = seg.cursor
-            take = max(0, min(length, seg.end - offset))
+            take = max(0, min(length, min(seg.end, seg.req_end) - offset))
             seg.cursor += take
             return offset, take
 
@@ -213,7 +241,7 @@ class SegmentPlan:
     def release(self, seg: Segment) -> None:
         """The owner stops working on `seg` (finished, failed or interrupted)."""
         with self._lock:
-            seg.cursor = seg.pos
+            seg.cursor = seg.req_end = seg.pos
             seg.owned = False
             if seg.pos >= seg.end:
                 self.segments.remove(seg)

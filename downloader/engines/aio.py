@@ -83,7 +83,6 @@ async def fetch_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Con
     failures = 0
     while not t.stopped() and seg.pos < seg.end:
         url, headers = t.request(seg)
-        before = seg.pos
         try:
             resp = await open_response_async(session, t, url, headers, ctx)
             try:
@@ -100,7 +99,7 @@ async def fetch_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Con
             finally:
                 resp.close()
         except TransferError as exc:
-            failures = 1 if seg.pos > before else failures + 1
+            failures += 1
             pause = t.failed_try(exc, failures)
             if pause is None:
                 return

@@ -91,7 +91,6 @@ def fetch(session: requests.Session, t: Transfer, seg, ctx: Context, stop: threa
     failures = 0
     while not t.stopped() and seg.pos < seg.end:
         url, headers = t.request(seg)
-        before = seg.pos
         try:
             resp = open_response(session, t, url, headers, ctx)
             try:
@@ -108,7 +107,7 @@ def fetch(session: requests.Session, t: Transfer, seg, ctx: Context, stop: threa
             finally:
                 resp.close()
         except TransferError as exc:
-            failures = 1 if seg.pos > before else failures + 1
+            failures += 1
             pause = t.failed_try(exc, failures)
             if pause is None:
                 return

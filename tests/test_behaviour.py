@@ -1,0 +1,234 @@
+"""One behaviour suite, run against every engine (sequential, thread, async) on the mock server.
+If a behaviour holds for one engine it must hold for all."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from downloader.mockserver import gen_bytes
+
+FIXTURE_BYTES = None
+
+
+def read(path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()
+
+
+def test_downloads_files_with_exact_bytes(fetch, url, server, tmp_path):
+    from conftest import FIXTURES
+    urls = [f"{server.url}/hello.txt", f"{server.url}/docs/manual.txt", url("/gen/one.bin", size=300_000)]
+    results = fetch(urls)
+    assert results.counts == {"ok": 3, "skipped": 0, "failed": 0}
+    out = tmp_path / "out"
+    assert read(out / "hello.txt") == read(FIXTURES / "data/hello.txt")
+    assert read(out / "manual.txt") == read(FIXTURES / "data/docs/manual.txt")
+    assert read(out / "one.bin") == gen_bytes(300_000)
+    assert not list(out.glob("*.part*"))
+    assert results.total_bytes == sum((out / n).stat().st_size for n in ("hello.txt", "manual.txt", "one.bin"))
+
+
+def test_rerun_fetches_nothing_that_is_complete(fetch, url, stats, tmp_path):
+    a, b = url("/gen/a.bin", size=50_000), url("/gen/b.bin", size=70_000, cd="named-by-server.bin")
+    first = fetch([a, b])
+    assert first.counts["ok"] == 2
+    assert (tmp_path / "out/named-by-server.bin").exists()
+    before = stats(a)["requests"], stats(b)["requests"]
+    again = fetch([a, b])
+    assert again.counts == {"ok": 0, "skipped": 2, "failed": 0}
+    assert (stats(a)["requests"], stats(b)["requests"]) == before
+
+
+def test_existing_file_is_kept_unless_overwrite(fetch, url, tmp_path, stats):
+    u = url("/gen/keep.bin", size=1000)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out/keep.bin").write_bytes(b"mine")
+    assert fetch([u]).counts["skipped"] == 1
+    assert read(tmp_path / "out/keep.bin") == b"mine"
+    assert stats(u)["requests"] == 0
+    assert fetch([u], overwrite=True).counts["ok"] == 1
+    assert read(tmp_path / "out/keep.bin") == gen_bytes(1000)
+
+
+def test_content_disposition_names(fetch, url, tmp_path):
+    results = fetch([url("/gen/x.bin", size=10, cd="report 2024.pdf"),
+                     url("/gen/y.bin", size=11, cdstar="€ rates.txt"),
+                     url("/gen/z.bin", size=12, cd="../../escape.txt")])
+    assert results.counts["ok"] == 3
+    out = tmp_path / "out"
+    assert read(out / "report 2024.pdf") == gen_bytes(10)
+    assert read(out / "€ rates.txt") == gen_bytes(11)
+    assert read(out / "escape.txt") == gen_bytes(12)
+    assert not (tmp_path / "escape.txt").exists()
+
+
+def test_traversal_in_url_path_stays_inside(fetch, server, tmp_path):
+    results = fetch([f"{server.url}/gen/%2e%2e%2f%2e%2e%2fevil.bin?size=5"])
+    assert results.counts["ok"] == 1
+    files = [p for p in (tmp_path / "out").iterdir() if p.name != ".downloader"]
+    assert [p.name for p in files] == ["evil.bin"]
+
+
+def test_same_name_from_two_urls_gets_distinct_deterministic_names(fetch, url, tmp_path):
+    a = url("/gen/same.bin", size=100, seed=1)
+    b = url("/gen/same.bin", size=200, seed=2)
+    first = fetch([a, b], dest=tmp_path / "one")
+    second = fetch([a, b], dest=tmp_path / "two")
+    assert first.counts["ok"] == second.counts["ok"] == 2
+    names_one = sorted(p.name for p in (tmp_path / "one").glob("same*"))
+    names_two = sorted(p.name for p in (tmp_path / "two").glob("same*"))
+    assert len(names_one) == 2 and names_one == names_two
+    contents = sorted(read(tmp_path / "one" / n) for n in names_one)
+    assert contents == sorted([gen_bytes(100, 1), gen_bytes(200, 2)])
+
+
+def test_retry_after_seconds_and_date_are_honoured(fetch, url):
+    # retry_base=600: without honouring Retry-After (0 s here) the retries would wait minutes.
+    urls = [url("/gen/r1.bin", size=1000, fault="503", times=2, retry_after="0"),
+            url("/gen/r2.bin", size=1000, fault="429", times=1, retry_after="date:0")]
+    results = fetch(urls, retry_base=600, retries=3)
+    assert results.counts["ok"] == 2
+    assert sorted(r.attempts for r in results) == [2, 3]
+    assert results.seconds < 30
+
+
+def test_client_errors_fail_at_once(fetch, server):
+    results = fetch([f"{server.url}/missing.bin", f"{server.url}/status/403"], retries=5)
+    assert results.counts["failed"] == 2
+    assert {r.error for r in results} == {"HTTP 404 Not Found", "HTTP 403 Forbidden"}
+    assert all(r.attempts == 1 for r in results)
+
+
+def test_retries_exhausted_reports_the_last_reason(fetch, url):
+    results = fetch([url("/gen/down.bin", size=10, fault="503")], retries=2)
+    (result,) = results.failed
+    assert result.attempts == 3 and "503" in result.error
+
+
+def test_short_body_is_an_error_never_a_success(fetch, url, tmp_path):
+    results = fetch([url("/gen/short.bin", size=100_000, fault="truncate"),
+                     url("/gen/liar.bin", size=100_000, fault="lie")], retries=1)
+    assert results.counts["failed"] == 2
+    assert not (tmp_path / "out/short.bin").exists() and not (tmp_path / "out/liar.bin").exists()
+    errors = {r.url.split("?")[0].rsplit("/", 1)[1]: r.error for r in results}
+    assert "broken" in errors["short.bin"] or "closed after" in errors["short.bin"]
+    assert "Content-Length (150,000) disagrees" in errors["liar.bin"] or "closed after" in errors["liar.bin"]
+
+
+@pytest.mark.parametrize("fault", ["reset", "truncate"])
+def test_body_cut_once_resumes_without_refetching(fetch, url, stats, tmp_path, fault):
+    size = 2_000_000
+    u = url("/gen/cut.bin", size=size, fault=fault, times=1, at=700_000)
+    results = fetch([u], retries=2, segments=1)
+    assert results.counts["ok"] == 1
+    assert read(tmp_path / "out/cut.bin") == gen_bytes(size)
+    assert stats(u)["gets"] == 2
+    if fault == "truncate":
+        # a clean close delivers every byte sent, so the resume must ask only for the rest
+        # (a TCP reset may discard what was still in the client's socket buffer)
+        assert stats(u)["bytes_sent"] == size
+
+
+def test_stalled_body_times_out_then_resumes(fetch, url, tmp_path):
+    u = url("/gen/stall.bin", size=400_000, fault="stall", times=1, at=100_000)
+    results = fetch([u], timeout=0.5, retries=2)
+    assert results.counts["ok"] == 1
+    assert read(tmp_path / "out/stall.bin") == gen_bytes(400_000)
+
+
+def test_redirects_are_followed_within_limits(fetch, server, url, tmp_path):
+    target = url("/gen/final.bin", size=1234)
+    ok = fetch([f"{server.url}/redirect/3?to={target}"])
+    assert ok.counts["ok"] == 1
+    assert read(tmp_path / "out/final.bin") == gen_bytes(1234)
+    too_many = fetch([f"{server.url}/redirect/11?to={target}&x=1"])
+    assert "more than 10 redirects" in too_many.failed[0].error
+    wrong_scheme = fetch([f"{server.url}/redirect?to=ftp://127.0.0.1/file"])
+    assert "refused" in wrong_scheme.failed[0].error and wrong_scheme.failed[0].attempts == 1
+
+
+def test_credentials_never_follow_a_redirect_to_another_host(fetch, server, tmp_path):
+    other_host = server.url.replace("127.0.0.1", "localhost") + "/echo-headers"
+    same_host = server.url + "/echo-headers"
+    headers = ["Authorization: Bearer secret", "Cookie: session=1", "X-Trace: abc"]
+    fetch([f"{server.url}/redirect?to={other_host}"], dest=tmp_path / "cross", headers=headers)
+    fetch([f"{server.url}/redirect?to={same_host}"], dest=tmp_path / "same", headers=headers)
+    cross = {k.lower(): v for k, v in json.loads(read(tmp_path / "cross/echo-headers")).items()}
+    same = {k.lower(): v for k, v in json.loads(read(tmp_path / "same/echo-headers")).items()}
+    assert "authorization" not in cross and "cookie" not in cross and cross["x-trace"] == "abc"
+    assert same["authorization"] == "Bearer secret" and same["cookie"] == "session=1"
+
+
+def test_url_file_styles_junk_and_duplicates(fetch, url, server, stats, tmp_path):
+    a = url("/gen/a.bin", size=100)
+    b = url("/gen/b.bin", size=200)
+    echo = f"{server.url}/echo-headers"
+    lines = ["\ufeff# a comment\r\n", f"  {a}  \r\n", "\n", "not a url\n", f"{b}\n", "  out=renamed.bin\n",
+             "  dir=sub/../sub2\n", f"{echo}\n", "  header=X-Token: t1\n", "  header=X-Other: t2\n",
+             f"{a}\n", "ftp://example.org/x\n"]
+    results = fetch(lines=lines)
+    out = tmp_path / "out"
+    assert results.counts == {"ok": 3, "skipped": 0, "failed": 0}
+    assert [(r.line, r.text) for r in results.rejected] == [(4, "not a url"), (12, "ftp://example.org/x")]
+    assert read(out / "a.bin") == gen_bytes(100)
+    assert read(out / "sub2/renamed.bin") == gen_bytes(200)
+    echoed = {k.lower(): v for k, v in json.loads(read(out / "echo-headers")).items()}
+    assert echoed["x-token"] == "t1" and echoed["x-other"] == "t2"
+    assert stats(a)["gets"] == 1
+    assert not results.success
+
+
+def test_report_events_and_api_results(fetch, url):
+    good, bad = url("/gen/ok.bin", size=5000), url("/status/404")
+    results = fetch([good, bad])
+    by_url = {r.url: r for r in results}
+    assert by_url[good].status == "ok" and by_url[good].bytes == 5000 and by_url[good].http_status in (200, 206)
+    assert by_url[bad].status == "failed" and by_url[bad].http_status == 404
+    assert results.ok == [by_url[good]] and results.failed == [by_url[bad]]
+    assert "1 downloaded, 0 already there, 1 failed" in results.summary()
+
+
+def test_segmented_download_is_exact(fetch, url, stats, tmp_path):
+    size = 6_000_000
+    u = url("/gen/seg.bin", size=size)
+    results = fetch([u], segments=4, min_segment_size="1M", jobs=4)
+    assert results.counts["ok"] == 1
+    assert read(tmp_path / "out/seg.bin") == gen_bytes(size)
+    if results.items[0].attempts > 1:  # one connection (sequential) cannot split a file
+        assert stats(u)["bytes_sent"] <= size + 4 * 256 * 1024
+
+
+def test_segments_failing_at_random_still_give_exact_bytes(mode, tmp_path):
+    from downloader import Downloader
+    from downloader.mockserver import MockConfig, MockServer
+    from downloader.progress import RecordingReporter
+    config = MockConfig(fail_rate=0.3, faults=("reset", "truncate", "503"), seed=11)
+    with MockServer(None, config) as srv:
+        urls = [f"{srv.url}/gen/f{i}.bin?size={3_000_000 + i}&seed={i}" for i in range(3)]
+        results = Downloader(tmp_path, mode=mode, segments=4, min_segment_size="512K", jobs=6, retries=10,
+                             retry_base=0.01, reporter=RecordingReporter()).enqueue(*urls).run()
+    assert results.counts["ok"] == 3, [r.error for r in results.failed]
+    for i in range(3):
+        assert read(tmp_path / f"f{i}.bin") == gen_bytes(3_000_000 + i, i)
+
+
+@pytest.mark.parametrize("fault", ["ignore-range", "etag-change"])
+def test_resume_refused_by_server_restarts_cleanly(fetch, url, tmp_path, fault):
+    # the first GET is cut short; the second (a Range request) meets the fault and gets a 200:
+    # the bytes on disk must not be trusted, the file starts over from zero.
+    size = 1_500_000
+    first = url("/gen/x.bin", size=size, fault="truncate", times=1, at=500_000)
+    results = fetch([first], retries=3)
+    assert read(tmp_path / "out/x.bin") == gen_bytes(size)
+    u = url("/gen/y.bin", size=size, fault=fault)
+    results = fetch([u], retries=3)
+    assert results.counts["ok"] == 1
+    assert read(tmp_path / "out/y.bin") == gen_bytes(size)
+
+
+def test_progress_events_cover_the_bytes(fetch, url):
+    results = fetch([url("/gen/p.bin", size=3_000_000)])
+    progressed = sum(n for kind, *rest in results.events if kind == "progress" for n in rest)
+    assert progressed == 3_000_000
+    assert ("finish", "ok") in results.events
