@@ -1,0 +1,196 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one clear line per problem."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+from downloader.mockserver import gen_bytes
+
+MODES = ("sequential", "thread", "async")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_urls_as_arguments_exit_0_and_report(mode, url, tmp_path):
+    a, b = url("/gen/a.bin", size=1000), url("/gen/b.bin", size=2000)
+    report = tmp_path / "report.jsonl"
+    proc = run_cli("get", a, b, "-d", str(tmp_path / "out"), "-m", mode, "--report", str(report))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out/a.bin").read_bytes() == gen_bytes(1000)
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert {r["url"] for r in rows} == {a, b}
+    for row in rows:
+        assert set(row) >= {"url", "path", "status", "http_status", "bytes", "sha256", "attempts", "seconds", "error"}
+        assert row["status"] == "ok"
+    assert "2 downloaded, 0 already there, 0 failed" in proc.stderr
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_stdin_is_read_when_no_urls(mode, url, tmp_path):
+    a, b = url("/gen/in1.bin", size=10), url("/gen/in2.bin", size=20)
+    proc = run_cli("get", "-d", str(tmp_path), "-m", mode, input=f"{a}\n# comment\n{b}\n")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "in2.bin").read_bytes() == gen_bytes(20)
+
+
+def test_input_file_and_dash(url, tmp_path):
+    listing = tmp_path / "urls.txt"
+    listing.write_text(f"{url('/gen/f1.bin', size=5)}\n  out=first.bin\n")
+    assert run_cli("get", "-i", str(listing), "-d", str(tmp_path / "o")).returncode == 0
+    assert (tmp_path / "o/first.bin").read_bytes() == gen_bytes(5)
+    proc = run_cli("get", "-i", "-", "-d", str(tmp_path / "o2"), input=f"{url('/gen/f2.bin', size=6)}\n")
+    assert proc.returncode == 0 and (tmp_path / "o2/f2.bin").exists()
+
+
+def test_no_progress_bars_when_not_a_terminal(url, tmp_path):
+    proc = run_cli("get", url("/gen/big.bin", size=3_000_000), "-d", str(tmp_path))
+    assert proc.returncode == 0
+    assert "\r" not in proc.stderr and "\x1b[" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("done: 1 downloaded")
+
+
+def test_quiet_prints_only_the_summary(url, tmp_path):
+    proc = run_cli("get", "-q", url("/gen/q.bin", size=10), "-d", str(tmp_path))
+    assert proc.returncode == 0
+    assert proc.stdout == "" and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_failed_url_and_junk_line_exit_1_naming_them(url, server, tmp_path):
+    listing = tmp_path / "urls.txt"
+    good = url("/gen/ok.bin", size=10)
+    listing.write_text(f"{good}\nthis is junk\n{server.url}/nope.bin\n")
+    proc = run_cli("get", "-i", str(listing), "-d", str(tmp_path / "out"))
+    assert proc.returncode == 1
+    assert f"{listing} line 2: not a URL (contains white space): 'this is junk' (skipped)" in proc.stderr
+    assert f"failed: {server.url}/nope.bin: HTTP 404 Not Found" in proc.stderr
+    assert (tmp_path / "out/ok.bin").exists()
+    assert "Traceback" not in proc.stderr
+
+
+def test_dead_server_is_one_line_exit_1(tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/file.bin"
+    proc = run_cli("get", dead, "-d", str(tmp_path), "--retries", "0")
+    assert proc.returncode == 1
+    assert f"failed: {dead}: connection failed" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--mode", "fast"], "'fast' is not one of"),
+    (["-j", "0"], "Invalid value for '-j' / '--jobs'"),
+    (["--timeout", "soon"], "--timeout: 'soon' is not a duration"),
+    (["--min-segment-size", "big"], "--min-segment-size: 'big' is not a size"),
+    (["--header", "NoColon"], "header 'NoColon' is not 'Name: value'"),
+    (["-i", "/nonexistent/urls.txt"], "cannot read URL file /nonexistent/urls.txt"),
+    (["--checksum", "sha-256=abc"], "a sha-256 digest is 64 hex digits"),
+    (["--post", "fib:x"], "fib:x"),
+])
+def test_usage_errors_exit_2_with_one_clear_line(args, needle, url, tmp_path):
+    proc = run_cli("get", url("/gen/u.bin", size=1), "-d", str(tmp_path), *args)
+    assert proc.returncode == 2, proc.stderr
+    assert needle in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_help_lists_exit_codes():
+    proc = run_cli("get", "--help")
+    assert proc.returncode == 0
+    assert "130 interrupted" in " ".join(proc.stdout.split())
+
+
+def _start(args, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "downloader", *args], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def _wait_for_bytes(path: Path, at_least: int, proc: subprocess.Popen, limit: float = 30) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if path.exists() and path.stat().st_size >= at_least:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    raise AssertionError(f"{path} never reached {at_least} bytes")
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_saves_state_exits_130_and_rerun_resumes(mode, sig, url, stats, tmp_path):
+    size = 2_000_000
+    slow = url("/gen/slow.bin", size=size, rate=400_000)
+    args = ["get", slow, "-d", str(tmp_path), "-m", mode, "-s", "1"]
+    proc = _start(args)
+    _wait_for_bytes(tmp_path / "slow.bin.part", 200_000, proc)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    assert not (tmp_path / "slow.bin").exists() and (tmp_path / "slow.bin.part").exists()
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (tmp_path / "slow.bin").read_bytes() == gen_bytes(size)
+    assert not (tmp_path / "slow.bin.part").exists() and not (tmp_path / "slow.bin.part.state").exists()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_kill_9_then_rerun_fetches_at_most_one_chunk_twice(mode, url, stats, tmp_path):
+    size = 3_000_000
+    slow = url("/gen/k9.bin", size=size, rate=500_000)
+    args = ["get", slow, "-d", str(tmp_path), "-m", mode, "-s", "1"]
+    proc = _start(args)
+    _wait_for_bytes(tmp_path / "k9.bin.part", 400_000, proc)
+    proc.kill()
+    proc.communicate()
+    on_disk = (tmp_path / "k9.bin.part").stat().st_size
+    sent_before = stats(slow)["bytes_sent"]
+    rerun = run_cli(*args)
+    assert rerun.returncode == 0, rerun.stderr
+    assert (tmp_path / "k9.bin").read_bytes() == gen_bytes(size)
+    refetched = sent_before + (stats(slow)["bytes_sent"] - sent_before) - size
+    assert 0 <= refetched <= 256 * 1024, (on_disk, sent_before, refetched)
+
+
+def test_second_interrupt_quits_at_once_leaving_only_part_files(url, tmp_path):
+    slow = url("/gen/twice.bin", size=5_000_000, rate=300_000)
+    proc = _start(["get", slow, "-d", str(tmp_path), "-m", "thread", "-s", "1", "--timeout", "60"])
+    _wait_for_bytes(tmp_path / "twice.bin.part", 100_000, proc)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert not (tmp_path / "twice.bin").exists()
+    assert "Traceback" not in err
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
+@pytest.mark.parametrize("mode", MODES)
+def test_full_disk_fails_that_file_with_one_line(mode, url, tmp_path):
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount tmpfs: {done.stderr.decode().strip()}")
+    try:
+        small, big = url("/gen/fits.bin", size=1000), url("/gen/huge.bin", size=3_000_000)
+        proc = run_cli("get", small, big, "-d", str(mount), "-m", mode, "-j", "1")
+        assert proc.returncode == 1
+        assert f"failed: {big}: disk full while writing {mount}/huge.bin.part" in proc.stderr
+        assert not (mount / "huge.bin").exists()
+        assert (mount / "fits.bin").read_bytes() == gen_bytes(1000)
+        assert "Traceback" not in proc.stderr
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
