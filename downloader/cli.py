@@ -179,6 +179,26 @@ def gil(
     print(json.dumps(result, indent=2) if json_out else format_report(result))
 
 
+@app.command(help="Run the main job on the built-in mock server in every mode, verify it, compare the modes.")
+def demo(
+    latency: str = typer.Option("50ms", "--latency", help="Delay the mock server adds to every response."),
+    jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Connections in flight."),
+    out: Path = typer.Option(Path("demo-out"), "--out", help="Where the files go (one folder per mode)."),
+    modes: str = typer.Option("sequential,thread,async", "--modes", help="Comma-separated modes to run."),
+) -> None:
+    from .demo import format_table, run_demo
+
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in ("sequential", "thread", "async")]
+    if unknown or not chosen:
+        raise _fail(f"--modes: {', '.join(unknown) or 'nothing'} is not one of sequential, thread, async", 2)
+    rows = run_demo(chosen, latency=latency, jobs=jobs, out=out)
+    print()
+    print(format_table(rows))
+    if not all(r["verified"] for r in rows):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point of the `downloader` command."""
     try:
