@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import UsageError
@@ -126,8 +126,6 @@ class Options:
     """Post-processing workers; None means the CPU count."""
     seed: int | None = None
     """Seed for the retry jitter, for reproducible runs; None draws one."""
-    extra: dict = field(default_factory=dict, compare=False, repr=False)
-    """Room for engine-specific knobs used by tests and benchmarks."""
 
     @classmethod
     def build(cls, dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
@@ -136,18 +134,20 @@ class Options:
               min_segment_size: str | int = "8M", max_speed: str | int | None = None,
               checksum: str | None = None, sums_file=None, manifest=None,
               chunk_size: str | int = 256 * 1024, post=(), post_executor: str = "process",
-              post_workers: int | None = None, seed: int | None = None, **extra) -> "Options":
+              post_workers: int | None = None, seed: int | None = None, retry_base: float = 0.25,
+              retry_cap: float = 30.0, max_redirects: int = 10) -> "Options":
         """Options from loose input, with every value checked; raises UsageError naming the option."""
         if mode not in MODES:
             raise UsageError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
-        for name, value, low in (("--jobs", jobs, 1), ("--retries", retries, 0), ("--segments", segments, 1)):
+        for name, value, low in (("--jobs", jobs, 1), ("--retries", retries, 0), ("--segments", segments, 1),
+                                 ("max_redirects", max_redirects, 0)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UsageError(f"{name}: {value!r} must be a whole number of at least {low}")
         if per_host is not None and (not isinstance(per_host, int) or per_host < 1):
             raise UsageError(f"--per-host: {per_host!r} must be a whole number of at least 1")
         if post_executor not in ("process", "thread", "inline"):
             raise UsageError(f"--post-executor: {post_executor!r} is not one of process, thread, inline")
-        if post_workers is not None and post_workers < 1:
+        if post_workers is not None and (not isinstance(post_workers, int) or post_workers < 1):
             raise UsageError(f"--post-workers: {post_workers!r} must be at least 1")
         parsed_headers = tuple(parse_header(h) if isinstance(h, str) else (str(h[0]), str(h[1]))
                                for h in headers)
@@ -166,4 +166,5 @@ class Options:
                    sums_file=Path(sums_file) if sums_file else None,
                    manifest=Path(manifest) if manifest else None, chunk_size=chunk,
                    post=tuple(post), post_executor=post_executor, post_workers=post_workers,
-                   seed=seed, extra=extra)
+                   seed=seed, retry_base=parse_duration(retry_base, "retry_base"),
+                   retry_cap=parse_duration(retry_cap, "retry_cap"), max_redirects=max_redirects)

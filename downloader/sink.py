@@ -60,6 +60,16 @@ def disk_error(exc: OSError, path: Path) -> DiskError:
     return DiskError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+def _disjoint_within(ranges: list[tuple[int, int]], size: int) -> bool:
+    """Whether sorted ranges are non-empty, inside [0, size) and do not overlap."""
+    end = 0
+    for a, b in ranges:
+        if a < end or b <= a or b > size:
+            return False
+        end = b
+    return True
+
+
 class PartFile:
     """One download's `.part` and state file, beside where the final file will go."""
 
@@ -79,21 +89,22 @@ class PartFile:
             part_size = self.part.stat().st_size
         except (OSError, ValueError):
             return None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("url") != url:
+            return None
         try:
-            if data.get("version") != STATE_VERSION or data.get("url") != url:
-                return None
-            size = data.get("size")
-            layout = data.get("layout")
+            size, layout = data.get("size"), data.get("layout")
             if layout == "stream":
-                if size is not None and part_size > size:
+                if size is not None and (not isinstance(size, int) or part_size > size):
                     return None
                 missing = [(part_size, size)]
             elif layout == "segments" and isinstance(size, int):
-                missing = [(int(a), int(b)) for a, b in data["missing"] if 0 <= int(a) < int(b) <= size]
+                missing = sorted((int(a), int(b)) for a, b in data["missing"])
+                if not _disjoint_within(missing, size):
+                    return None
             else:
                 return None
             return SavedState(url, size, Validator.from_json(data.get("validator")), layout, missing)
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
     # writing

@@ -31,12 +31,12 @@ from .core.digests import Expected, parse_checksum, server_digests
 from .core.naming import relative_target
 from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
                           judge, length_disagrees, parse_content_range, range_header)
-from .core.redirects import headers_for
+from .core.redirects import headers_for, next_hop
 from .core.results import FAILED, OK, SKIPPED, Result
 from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from .core.schedule import Scheduler
 from .core.sources import Job
-from .errors import ChecksumMismatch, DiskError, HTTPStatusError, IncompleteBody, TransferError
+from .errors import ChecksumMismatch, DiskError, HTTPStatusError, IncompleteBody, RedirectError, TransferError
 from .index import Index
 from .sink import PartFile, StreamHasher, file_digests
 
@@ -206,13 +206,17 @@ class Transfer:
         names = {k.lower() for k, _ in user}
         return self.url, [h for h in headers if h[0].lower() not in names] + list(user)
 
-    def redirected(self, url: str, cross_host: bool) -> None:
-        """Follow-up requests go to `url`; after a host change, credentials are dropped for good."""
-        self.url = url
-        self.crossed_hosts = self.crossed_hosts or cross_host
-
-    def user_headers_after_redirect(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        return list(headers_for(tuple(headers), self.crossed_hosts))
+    def follow(self, url: str, status: int, location: str | None, hops: int,
+               headers: list[tuple[str, str]]) -> tuple[str, list[tuple[str, str]]]:
+        """Where to send the request after a 3xx, and with which headers: later requests go there
+        too, and once a redirect leaves the first host, credentials stay behind for good."""
+        hop = next_hop(url, status, location, hops=hops, max_hops=self.ctx.options.max_redirects,
+                       first_url=self.job.url)
+        if hop.refused:
+            raise RedirectError(hop.refused)
+        self.url = hop.url
+        self.crossed_hosts = self.crossed_hosts or hop.cross_host
+        return hop.url, list(headers_for(tuple(headers), self.crossed_hosts))
 
     def accept(self, seg: Segment, status: int, reason: str, headers) -> bool:
         """Decide what a response means. True: read its body into `seg`. False: do not (the file

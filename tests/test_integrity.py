@@ -98,8 +98,8 @@ faults = st.lists(st.tuples(st.sampled_from([k for k in FAULT_KINDS if k != "sta
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(seed=st.integers(0, 10_000), fail_rate=st.sampled_from([0.0, 0.3, 0.6]), forced=faults,
        segments=st.sampled_from([1, 4]))
-def test_any_faults_give_exact_bytes_or_a_failure_without_final_file(mode, tmp_path_factory, seed, fail_rate,
-                                                                       forced, segments):
+def test_any_faults_give_exact_bytes_or_a_failure_without_final_file(
+        mode, tmp_path_factory, seed, fail_rate, forced, segments):
     dest = tmp_path_factory.mktemp("prop")
     config = MockConfig(fail_rate=fail_rate, faults=tuple(k for k in FAULT_KINDS if k != "stall"), seed=seed,
                         retry_after="0")

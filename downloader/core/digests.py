@@ -63,9 +63,11 @@ def server_digests(status: int, headers) -> list[Expected]:
     md5 = headers.get("Content-MD5")
     if md5 and status == 200:
         try:
-            found.append(Expected("md5", base64.b64decode(md5.strip(), validate=True).hex(), "Content-MD5"))
+            raw = base64.b64decode(md5.strip(), validate=True)
         except (binascii.Error, ValueError):
-            pass
+            raw = b""
+        if len(raw) * 2 == _HEX_LENGTH["md5"]:
+            found.append(Expected("md5", raw.hex(), "Content-MD5"))
     return found
 
 
@@ -81,7 +83,8 @@ def _structured_digests(value: str, header: str) -> list[Expected]:
                 raw = base64.b64decode(match.group(2), validate=True)
             except (binascii.Error, ValueError):
                 continue
-            found.append(Expected(algorithm, raw.hex(), header))
+            if len(raw) * 2 == _HEX_LENGTH[algorithm]:
+                found.append(Expected(algorithm, raw.hex(), header))
     return found
 
 
@@ -97,7 +100,7 @@ def parse_sums_line(line: str) -> tuple[str, Expected] | None:
         return None
     bsd = _SUMS_BSD.match(line)
     if bsd:
-        algorithm = ALGORITHMS.get(bsd.group(1).lower()) or ALGORITHMS.get(bsd.group(1).lower().replace("sha", "sha-"))
+        algorithm = ALGORITHMS.get(bsd.group(1).lower())
         if algorithm and len(bsd.group(3)) == _HEX_LENGTH[algorithm]:
             return bsd.group(2), Expected(algorithm, bsd.group(3).lower(), "--sums")
     return None

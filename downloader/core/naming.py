@@ -65,9 +65,10 @@ def safe_name(raw: str) -> str:
     name = name.strip().rstrip(".").strip()
     if not name or set(name) <= {"."}:
         name = "_"
+    name = _fit(name, MAX_NAME_BYTES - 1)
     if name in _RESERVED or name.endswith(PART_SUFFIX) or name.endswith(STATE_SUFFIX):
         name += "_"
-    return _fit(name, MAX_NAME_BYTES)
+    return name
 
 
 def target_name(url: str, content_disposition: str | None) -> str:

@@ -15,18 +15,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import urljoin, urlsplit
 
-from ..errors import RedirectError
-
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
 @dataclass(frozen=True)
 class Hop:
-    """Where a redirect leads and whether it left the original host."""
+    """Where a redirect leads and whether it left the original host; or, with `refused` set, why
+    it must not be followed."""
 
     url: str
-    cross_host: bool
+    cross_host: bool = False
+    refused: str | None = None
 
 
 def origin(url: str) -> tuple[str, str, int | None]:
@@ -38,18 +38,18 @@ def origin(url: str) -> tuple[str, str, int | None]:
 
 def next_hop(url: str, status: int, location: str | None, *, hops: int, max_hops: int,
              first_url: str | None = None) -> Hop:
-    """The next URL after a 3xx answer to `url`; RedirectError when the redirect must not be followed.
+    """The next URL after a 3xx answer to `url`, or a Hop whose `refused` says why not.
     `hops` is how many redirects were already followed; `first_url` the URL the user asked for."""
     if not location:
-        raise RedirectError(f"HTTP {status} redirect without a Location header")
+        return Hop(url, refused=f"HTTP {status} redirect without a Location header")
     if hops >= max_hops:
-        raise RedirectError(f"more than {max_hops} redirects")
+        return Hop(url, refused=f"more than {max_hops} redirects")
     target = urljoin(url, location.strip())
     scheme = urlsplit(target).scheme.lower()
     if scheme not in ("http", "https"):
-        raise RedirectError(f"redirect to a {scheme or 'relative'}: URL refused ({target})")
+        return Hop(target, refused=f"redirect to a {scheme or 'relative'}: URL refused ({target})")
     if not urlsplit(target).hostname:
-        raise RedirectError(f"redirect to a URL without a host refused ({target})")
+        return Hop(target, refused=f"redirect to a URL without a host refused ({target})")
     start = first_url or url
     return Hop(target, cross_host=origin(target)[1:] != origin(start)[1:] or _downgraded(start, target))
 

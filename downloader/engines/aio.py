@@ -12,7 +12,7 @@ import signal
 
 import aiohttp
 
-from ..core.redirects import REDIRECT_STATUSES, next_hop
+from ..core.redirects import REDIRECT_STATUSES
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
 from ..errors import IncompleteBody, StallError, TransferError
@@ -61,11 +61,8 @@ async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: 
         if resp.status not in REDIRECT_STATUSES:
             return resp
         resp.release()
-        hop = next_hop(url, resp.status, resp.headers.get("Location"), hops=hops,
-                       max_hops=ctx.options.max_redirects, first_url=t.job.url)
+        url, headers = t.follow(url, resp.status, resp.headers.get("Location"), hops, headers)
         hops += 1
-        t.redirected(hop.url, hop.cross_host)
-        url, headers = hop.url, t.user_headers_after_redirect(headers)
 
 
 async def read_body_async(resp, chunk_size: int):

@@ -13,7 +13,7 @@ import threading
 import requests
 import urllib3
 
-from ..core.redirects import REDIRECT_STATUSES, next_hop
+from ..core.redirects import REDIRECT_STATUSES
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
 from ..errors import IncompleteBody, StallError, TransferError
@@ -69,11 +69,8 @@ def open_response(session: requests.Session, t: Transfer, url: str, headers: lis
         if resp.status_code not in REDIRECT_STATUSES:
             return resp
         resp.close()
-        hop = next_hop(url, resp.status_code, resp.headers.get("Location"), hops=hops,
-                       max_hops=ctx.options.max_redirects, first_url=t.job.url)
+        url, headers = t.follow(url, resp.status_code, resp.headers.get("Location"), hops, headers)
         hops += 1
-        t.redirected(hop.url, hop.cross_host)
-        url, headers = hop.url, t.user_headers_after_redirect(headers)
 
 
 def read_body(resp, chunk_size: int):
