@@ -3,19 +3,34 @@
     >>> from downloader import download
     >>> results = download(["https://example.org/a.iso"], "out", mode="async")  # doctest: +SKIP
 
-Heavy modules (requests, aiohttp, tqdm) load only when a batch runs.
+Names are loaded on first use (PEP 562), so `downloader --help` does not pay for requests,
+aiohttp, tqdm or sqlite3.
 """
-from .api import EXIT_INTERRUPTED, EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, Downloader, download
-from .config import Options
-from .core.results import Result, Results
-from .core.sources import Job
-from .errors import (ChecksumMismatch, DiskError, DownloaderError, HTTPStatusError, IncompleteBody,
-                     RedirectError, StallError, TransferError, UsageError)
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
-__all__ = [
-    "download", "Downloader", "Options", "Job", "Result", "Results",
-    "DownloaderError", "UsageError", "TransferError", "HTTPStatusError", "RedirectError",
-    "IncompleteBody", "StallError", "ChecksumMismatch", "DiskError",
-    "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED", "__version__",
-]
+
+_EXPORTS = {
+    "download": "api", "Downloader": "api", "EXIT_OK": "api", "EXIT_SOME_FAILED": "api",
+    "EXIT_USAGE": "api", "EXIT_INTERRUPTED": "api",
+    "Options": "config", "Job": "core.sources", "Result": "core.results", "Results": "core.results",
+    "DownloaderError": "errors", "UsageError": "errors", "TransferError": "errors",
+    "HTTPStatusError": "errors", "RedirectError": "errors", "IncompleteBody": "errors",
+    "StallError": "errors", "ChecksumMismatch": "errors", "DiskError": "errors",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'downloader' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -21,9 +21,9 @@ import json
 import os
 import random
 import sys
-import tempfile
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -126,10 +126,10 @@ class Downloader:
                       signal_handler=self._on_signal)
         ctx.post_submit = post.submit if post else recorder.record
         ctx.post_submit_async = post.submit_async if post else _as_async(recorder.record)
+        feed.start()  # reading the input and claiming names overlaps with importing the engine
         engine = _engine(opts.mode)(ctx, opts.jobs)
         self._engine, self._interrupts = engine, 0
         try:
-            feed.start()
             engine.run()
         finally:
             if post is not None:
@@ -167,8 +167,7 @@ class Downloader:
                 if isinstance(item, Job):
                     if seen.first_time(item.url):
                         count += 1
-                        claim_name(index, item)
-                        yield item
+                        yield replace(item, target=claim_name(index, item))
                 elif isinstance(item, Rejected):
                     results.rejected.append(item)
                     where = f"{source.name} line {item.line}" if item.line else source.name
@@ -207,6 +206,8 @@ class _Recorder:
         except OSError as exc:
             raise UsageError(f"cannot write report {report}: {exc.strerror or exc}") from exc
         self._manifest = manifest
+        if manifest:
+            import tempfile
         self._manifest_rows = tempfile.TemporaryFile("w+", encoding="utf-8") if manifest else None
 
     def record(self, result: Result) -> None:

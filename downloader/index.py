@@ -52,6 +52,7 @@ class Index:
         except (OSError, sqlite3.Error) as exc:
             raise DiskError(f"cannot use the index in {folder}: {exc}") from exc
         self._lock = threading.Lock()
+        self._pending: list[tuple] = []
 
     def lookup(self, url: str) -> Entry | None:
         with self._lock:
@@ -70,23 +71,36 @@ class Index:
         (`core.naming.disambiguate`) when another URL already owns `name`. A URL that owned another
         name gives it up (its Content-Disposition said otherwise)."""
         with self._lock:
-            row = self._db.execute("SELECT name FROM files WHERE url=?", (url,)).fetchone()
-            if row and row[0] == name:
-                return name
-            if row:
-                self._db.execute("DELETE FROM files WHERE url=?", (url,))
-            candidate, salt = name, url
-            while True:
-                try:
-                    self._db.execute("INSERT INTO files (url, name) VALUES (?, ?)", (url, candidate))
-                    return candidate
-                except sqlite3.IntegrityError:
-                    folder, slash, base = name.rpartition("/")
-                    candidate, salt = folder + slash + disambiguate(base, salt), salt + "#"
+            return self._claim(url, name)
+
+    def _claim(self, url: str, name: str) -> str:
+        row = self._db.execute("SELECT name FROM files WHERE url=?", (url,)).fetchone()
+        if row and row[0] == name:
+            return name
+        if row:
+            self._db.execute("DELETE FROM files WHERE url=?", (url,))
+        candidate, salt = name, url
+        while True:
+            try:
+                self._db.execute("INSERT INTO files (url, name) VALUES (?, ?)", (url, candidate))
+                return candidate
+            except sqlite3.IntegrityError:
+                folder, slash, base = name.rpartition("/")
+                candidate, salt = folder + slash + disambiguate(base, salt), salt + "#"
 
     def complete(self, url: str, size: int | None, sha256: str | None) -> None:
+        """Record a complete file. Records are written in batches (a crash that loses the last few
+        costs nothing: a file under its final name counts as complete anyway)."""
         with self._lock:
-            self._db.execute("UPDATE files SET complete=1, size=?, sha256=? WHERE url=?", (size, sha256, url))
+            self._pending.append((size, sha256, url))
+            if len(self._pending) >= 256:
+                self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            with self._db:
+                self._db.executemany("UPDATE files SET complete=1, size=?, sha256=? WHERE url=?", self._pending)
+            self._pending.clear()
 
     def incomplete(self, url: str) -> None:
         with self._lock:
@@ -94,4 +108,5 @@ class Index:
 
     def close(self) -> None:
         with self._lock:
+            self._flush()
             self._db.close()

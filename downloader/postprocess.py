@@ -39,7 +39,7 @@ __all__ = ["BLOCK_SIZE", "DIGESTS", "EXECUTORS", "FIB_MAX", "PostStage", "PostTa
 DIGESTS = ("sha256", "md5", "blake2b")
 """The file digests a task can compute, by hashlib name."""
 FIB_MAX = 40
-"""The largest N `fib:N` takes: fib(40) keeps one core busy for about ten seconds."""
+"""The largest N `fib:N` takes: fib(40) keeps a core busy for about 12 s."""
 EXECUTORS = ("process", "thread", "inline")
 """Where a `PostStage` can run its tasks."""
 BLOCK_SIZE = 1024 * 1024
@@ -176,10 +176,13 @@ def worker_context() -> BaseContext:
     workers, the event loop's resolver, the progress monitor), and fork copies only the calling
     thread, with every lock another thread held at that instant (logging, stdio, malloc) locked
     for ever in the child, where the worker deadlocks on it. Python 3.12 warns about exactly this.
-    forkserver forks workers from a small single-threaded server started once per program, so only
-    the first pool pays for an interpreter start (measured on 2 cores: 60 ms for the first pool of
-    two workers, 20 ms for each later one). spawn starts a fresh interpreter for every worker and
-    is the fallback where forkserver does not exist (Windows).
+    forkserver forks each worker from a small single-threaded server started once per program,
+    sparing it the interpreter start that spawn pays per worker; spawn is the fallback where
+    forkserver does not exist (Windows). Time until a pool of two is ready, measured on 2 cores:
+    fork 5-10 ms, forkserver 90 ms (130 ms for the first pool, which starts the server), spawn
+    115 ms (145 ms), most of it each worker importing this package. Either way, workers import
+    the program's main module too, so a script with a process stage needs the usual
+    `if __name__ == "__main__":` guard.
     """
     methods = multiprocessing.get_all_start_methods()
     return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")

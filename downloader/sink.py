@@ -79,13 +79,20 @@ class PartFile:
         self.state = final.with_name(final.name + STATE_SUFFIX)
         self._fd: int | None = None
         self._last_save = 0.0
+        self.state_written = False
+        """Whether this run wrote a state file (or found one), so commit knows to remove it."""
 
     # reading what an earlier run left
     def saved(self, url: str) -> SavedState | None:
         """The state an earlier try left for `url`, checked against the `.part` on disk; None when
         there is nothing usable (no state, another URL, a damaged file)."""
         try:
-            data = json.loads(self.state.read_text("utf-8"))
+            text = self.state.read_text("utf-8")
+        except OSError:
+            return None
+        self.state_written = True
+        try:
+            data = json.loads(text)
             part_size = self.part.stat().st_size
         except (OSError, ValueError):
             return None
@@ -158,6 +165,7 @@ class PartFile:
             os.replace(tmp, self.state)
         except OSError as exc:
             raise disk_error(exc, self.state) from exc
+        self.state_written = True
 
     def close(self) -> None:
         if self._fd is not None:
@@ -171,7 +179,8 @@ class PartFile:
             os.replace(self.part, self.final)
         except OSError as exc:
             raise disk_error(exc, self.final) from exc
-        self._unlink(self.state)
+        if self.state_written:
+            self._unlink(self.state)
 
     def discard(self) -> None:
         """Remove `.part` and state (a digest mismatch: those bytes are not worth keeping)."""

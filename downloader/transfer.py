@@ -125,8 +125,7 @@ class Transfer:
         Any file under the job's final name counts as already there (final names only ever hold
         complete files); `--overwrite` fetches it again."""
         self._join()
-        entry = self.ctx.index.lookup(self.url)
-        self._set_name(entry.name if entry else claim_name(self.ctx.index, self.job))
+        self._set_name(self.job.target or claim_name(self.ctx.index, self.job))
         if not self.ctx.options.overwrite and self._present(self.name):
             return self._skip()
         saved = self.part.saved(self.url)
@@ -267,7 +266,8 @@ class Transfer:
             return False
         if self.layout == "stream":
             self._start_hasher(prefix=0)
-        self._save_state()
+        else:
+            self._save_state()
         self._open_bar()
         if connections > 1:
             self.ctx.scheduler.open_for_help(self)
@@ -342,6 +342,10 @@ class Transfer:
             self.ctx.reporter.file_progress(self, n)
             if self.layout == "segments":
                 self._save_state(force=False)
+            elif not self.part.state_written and self.received > self.ctx.options.chunk_size:
+                # a one-stream file needs its state (URL, validator) only once it is worth
+                # resuming: past one chunk. Below that a crash costs at most one chunk.
+                self._save_state()
         if n < len(data):
             return None
         return self.ctx.limiter.take(n) if self.ctx.limiter is not None else 0.0

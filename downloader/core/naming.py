@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import unicodedata
-from email.message import Message
-from email.utils import collapse_rfc2231_value
 from urllib.parse import unquote, urlsplit
 
 PART_SUFFIX = ".part"
@@ -30,6 +28,8 @@ def name_from_content_disposition(value: str | None) -> str | None:
     """The file name a Content-Disposition header asks for (unsanitised), or None."""
     if not value:
         return None
+    from email.message import Message
+    from email.utils import collapse_rfc2231_value
     message = Message()
     try:
         message["content-disposition"] = value

@@ -15,7 +15,6 @@ a one-line look-ahead, never the whole file. A million-line list costs one job o
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
@@ -41,6 +40,8 @@ class Job:
     """Headers for this URL only, sent after the batch-wide ones."""
     checksum: str | None = None
     """"algo=hex" the bytes must match (aria2 `checksum=`)."""
+    target: str | None = None
+    """The name claimed for it in the output folder, relative to it (set when the batch reads it)."""
 
 
 @dataclass(frozen=True)
@@ -155,11 +156,12 @@ def jobs_from_urls(urls: Iterable[str]) -> Iterator[Job | Rejected]:
 
 
 class Deduplicator:
-    """Remembers which URLs were seen, in 8 bytes of digest each rather than the whole string.
+    """Remembers which URLs were seen, as a 64-bit hash each rather than the whole string.
 
     A set of 64-bit ints costs about 60 bytes a URL (a million URLs: ~60 MB), a fraction of
-    keeping the URLs. Two URLs sharing a 64-bit BLAKE2b digest by chance (odds ~1e-8 for a
-    million URLs) would make the second one count as a duplicate.
+    keeping the URLs. Python's string hash is SipHash, keyed anew in every process, which is all
+    a single run needs; two URLs sharing a hash by chance (odds ~3e-8 for a million URLs) would
+    make the second one count as a duplicate.
     """
 
     def __init__(self) -> None:
@@ -167,8 +169,7 @@ class Deduplicator:
 
     def first_time(self, url: str) -> bool:
         """True the first time a URL is offered, False after."""
-        key = int.from_bytes(hashlib.blake2b(url.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
-                             "little")
+        key = hash(url)
         if key in self._seen:
             return False
         self._seen.add(key)
