@@ -15,7 +15,8 @@ alone (hashlib releases the GIL while it hashes large buffers) and starts no int
 
 Every file ends as a list of `TaskResult`, one per task; a failure is data, not an exception.
 `run_task` and `run_tasks` are top-level so a process pool can pickle them by name. Every worker
-process imports this module, so it stays standard-library-only and cheap to import.
+process imports this module (and with it the `downloader` package), so it stays
+standard-library-only.
 """
 from __future__ import annotations
 
@@ -244,7 +245,8 @@ class PostStage:
         self._executor = self._new_executor()
 
     def submit(self, path: str, key: object) -> None:
-        """Queue `path` for the tasks, blocking while `max_pending` files are in work."""
+        """Queue `path` for the tasks, blocking while `max_pending` files are in work;
+        `on_done(path, key, results)` follows once they have run."""
         with self._slot_freed:
             self._slot_freed.wait_for(self._take_slot)
         self._dispatch(path, key)
@@ -253,8 +255,10 @@ class PostStage:
         """Queue `path` for the tasks, waiting on the event loop while `max_pending` files are in work.
 
         The lock taken here only guards a few counters and is never held while anyone waits, so
-        the loop never blocks on it. Under the "inline" executor the tasks run right here, on the
-        loop's thread; and the first file sent to a process pool starts its workers (tens of ms).
+        the loop never blocks on it. Two things do hold the loop up: under the "inline" executor the
+        tasks run right here, on the loop's thread; and the first files sent to a process pool start
+        its workers (measured: 60 ms for the program's first pool, which starts the fork server,
+        then a few ms per worker).
         """
         loop = asyncio.get_running_loop()
         while True:

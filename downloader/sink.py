@@ -202,6 +202,54 @@ class PartFile:
             raise disk_error(exc, self.part) from exc
 
 
+class WriteBehind:
+    """Writes a big file's chunks, and feeds its hasher, on a thread of its own, in order.
+
+    The copy into the page cache (and the digest) then overlaps with reading the network instead
+    of following it: an event loop stays free for its sockets, and a connection thread reads the
+    next chunk while the last one is written. `on_written(token, n)` runs after each write, so
+    what the plan and the state file call "on disk" is on disk. A bounded queue keeps memory
+    flat; the first error stops the writing and is raised by the next `submit` or by `close`.
+    """
+
+    def __init__(self, part: PartFile, hasher: "StreamHasher | None", on_written, maxsize: int = 16) -> None:
+        self.part = part
+        self.hasher = hasher
+        self.on_written = on_written
+        self.error: DiskError | None = None
+        self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._thread = threading.Thread(target=self._run, name="writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, offset: int, data, token) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put((offset, data, token))
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            if self.error is not None:
+                continue
+            offset, data, token = item
+            try:
+                self.part.write(offset, data)
+                if self.hasher is not None:
+                    self.hasher.update(data)
+                self.on_written(token, len(data))
+            except DiskError as exc:
+                self.error = exc
+            except Exception as exc:  # never lose the thread silently
+                self.error = DiskError(f"cannot write {self.part.part}: {exc}")
+
+    def close(self) -> None:
+        """Wait until every queued chunk is written; raise the first error, if any."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 class StreamHasher:
     """Digests of bytes as they stream in order, so verifying costs no second read of the file.
 

@@ -607,11 +607,12 @@ class PlanModel:
         self.plan.written(seg, n)
 
     def fail(self, index: int) -> None:
-        """A reserved write that never reached the disk (a full disk), then the owner lets go."""
-        if not self.pending:
+        """The owner lets go while its last chunk is still queued for the disk (write-behind):
+        the chunk lands later, and nobody may fetch those bytes again meanwhile."""
+        owned_pending = [key for key in sorted(self.pending) if self.pending[key][0] in self.owned]
+        if not owned_pending:
             return
-        key = sorted(self.pending)[index % len(self.pending)]
-        seg, _, _ = self.pending.pop(key)
+        seg = self.pending[owned_pending[index % len(owned_pending)]][0]
         self.plan.release(seg)
         self.owned.remove(seg)
 

@@ -17,7 +17,7 @@ SHA256 = PostTask("sha256")
 EVERY_KIND = tuple(parse_post_spec(spec) for spec in ("sha256", "md5", "blake2b", "fib:15"))
 SIZES = {"empty.bin": 0, "small.bin": 1000, "big.bin": 1024 * 1024 + 3}
 """big.bin ends 3 bytes into a second read block."""
-needs_fifos = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs POSIX FIFOs")
+posix_only = pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="uses FIFOs and SIGKILL")
 
 
 class Finished:
@@ -45,16 +45,16 @@ class Gate:
     def __init__(self, path: Path) -> None:
         os.mkfifo(path)
         self.path = str(path)
-        self._released = threading.Event()
+        self._released = False
         self._lock = threading.Lock()
 
     def release(self, data: bytes = b"") -> None:
         """Write the rest of the file, the first time only, from whichever thread calls first
         (waits for the task to open the file, if it has not yet)."""
         with self._lock:
-            if self._released.is_set():
+            if self._released:
                 return
-            self._released.set()
+            self._released = True
         with open(self.path, "wb") as pipe:
             pipe.write(data)
 
@@ -138,7 +138,7 @@ def test_a_vanished_file_fails_its_digest_and_the_rest_still_runs(tmp_path: Path
     assert _values(finished.results["kept"]) == [("sha256", _sha256(b"kept"), None), ("fib:10", 55, None)]
 
 
-@needs_fifos
+@posix_only
 def test_a_dead_worker_fails_its_file_and_the_next_file_gets_a_fresh_pool(tmp_path: Path) -> None:
     before, after = tmp_path / "before.bin", tmp_path / "after.bin"
     before.write_bytes(b"before")
@@ -157,7 +157,7 @@ def test_a_dead_worker_fails_its_file_and_the_next_file_gets_a_fresh_pool(tmp_pa
     assert after_result.value == _sha256(b"after") and after_result.pid != before_result.pid
 
 
-@needs_fifos
+@posix_only
 def test_submit_blocks_while_max_pending_files_are_in_work(tmp_path: Path) -> None:
     slow = [Gate(tmp_path / "slow1"), Gate(tmp_path / "slow2")]
     fast = tmp_path / "fast.bin"
@@ -183,14 +183,14 @@ def test_submit_blocks_while_max_pending_files_are_in_work(tmp_path: Path) -> No
             assert admitted.wait(10)
             assert completed_when_admitted[0] >= 1, "the third file got in before a slot was free"
         finally:
-            for gate in slow:
-                gate.release(b"two")
+            slow[0].release(b"one")
+            slow[1].release(b"two")
             third.join()
     assert [finished.results[key][0].value for key in ("slow1", "slow2", "fast")] == [
         _sha256(b"one"), _sha256(b"two"), _sha256(b"fast")]
 
 
-@needs_fifos
+@posix_only
 def test_submit_async_lets_many_coroutines_wait_without_blocking_the_loop(tmp_path: Path) -> None:
     gate = Gate(tmp_path / "gate")
     others = {f"file{i}": bytes([i]) * 10 for i in range(4)}
@@ -222,7 +222,7 @@ def test_submit_async_lets_many_coroutines_wait_without_blocking_the_loop(tmp_pa
         name: _sha256(data) for name, data in others.items()}
 
 
-@needs_fifos
+@posix_only
 def test_leaving_on_an_exception_cancels_files_not_yet_started(tmp_path: Path) -> None:
     running = Gate(tmp_path / "running")
     queued = tmp_path / "queued.bin"

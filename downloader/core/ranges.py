@@ -221,7 +221,7 @@ class SegmentPlan:
     def request(self, seg: Segment, piece: int | None) -> int:
         """The end of the next request for `seg`: at most `piece` bytes on (None: to its end)."""
         with self._lock:
-            seg.req_end = seg.end if piece is None else min(seg.end, seg.pos + piece)
+            seg.req_end = seg.end if piece is None else min(seg.end, seg.cursor + piece)
             return seg.req_end
 
     def reserve(self, seg: Segment, length: int) -> tuple[int, int]:
@@ -239,9 +239,10 @@ class SegmentPlan:
             seg.pos += length
 
     def release(self, seg: Segment) -> None:
-        """The owner stops working on `seg` (finished, failed or interrupted)."""
+        """The owner stops working on `seg` (finished, failed or interrupted). Bytes it received
+        stay counted (they are on disk, or queued to be written)."""
         with self._lock:
-            seg.cursor = seg.req_end = seg.pos
+            seg.req_end = seg.cursor
             seg.owned = False
             if seg.pos >= seg.end:
                 self.segments.remove(seg)

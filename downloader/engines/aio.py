@@ -78,7 +78,7 @@ async def fetch_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Con
                       stop: asyncio.Event) -> None:
     """Fetch segment `seg` of `t` on this connection, retrying it from where it got to."""
     failures = 0
-    while not t.stopped() and seg.pos < seg.end:
+    while not t.stopped() and seg.cursor < seg.end:
         url, headers = t.request(seg)
         try:
             resp = await open_response_async(session, t, url, headers, ctx)
@@ -160,6 +160,7 @@ class AsyncEngine:
         self._wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._active: set[Transfer] = set()
+        ctx.write_behind = True
 
     def _wake(self) -> None:
         """Called from any thread (the input feed reads in one of its own)."""

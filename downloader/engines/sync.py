@@ -86,7 +86,7 @@ def read_body(resp, chunk_size: int):
 def fetch(session: requests.Session, t: Transfer, seg, ctx: Context, stop: threading.Event) -> None:
     """Fetch segment `seg` of `t` on this connection, retrying it from where it got to."""
     failures = 0
-    while not t.stopped() and seg.pos < seg.end:
+    while not t.stopped() and seg.cursor < seg.end:
         url, headers = t.request(seg)
         try:
             resp = open_response(session, t, url, headers, ctx)
