@@ -168,8 +168,9 @@ class Segment:
 class SegmentPlan:
     """Which parts of a file of `size` bytes are missing, and who fetches which. Thread-safe.
 
-    `max_connections` caps connections on the file; a range is split only when both halves get
-    at least `min_steal` bytes.
+    `max_connections` caps connections on the file; a connection takes over half of another's
+    range when both halves get at least `min_steal` bytes, and all of what the other has not
+    asked for yet when that is between one and two `min_steal`.
     """
 
     def __init__(self, size: int, missing: list[tuple[int, int]] | None = None, *,
@@ -195,10 +196,11 @@ class SegmentPlan:
                 if not seg.owned and seg.remaining > 0:
                     seg.owned = True
                     return seg
-            victim = max((s for s in self.segments if s.owned), key=lambda s: s.unrequested, default=None)
-            if victim is None or victim.unrequested < 2 * self.min_steal:
+            victim = max((s for s in self.segments if s.owned), key=self._spare, default=None)
+            share = self._spare(victim) if victim is not None else 0
+            if share == 0:
                 return None
-            mid = victim.end - victim.unrequested // 2
+            mid = victim.end - share
             taken = Segment(mid, victim.end, owned=True)
             victim.end = mid
             self.segments.append(taken)
@@ -215,8 +217,19 @@ class SegmentPlan:
         with self._lock:
             if self.active >= self.max_connections:
                 return False
-            return any((not s.owned and s.remaining) or (s.owned and s.unrequested >= 2 * self.min_steal)
-                       for s in self.segments)
+            return any((not s.owned and s.remaining) or (s.owned and self._spare(s)) for s in self.segments)
+
+    def _spare(self, seg: Segment) -> int:
+        """How much of an owned segment another connection may take over: the far half of what it
+        has not asked for yet when both halves get `min_steal`; or, while it is busy with a
+        request, all it has not asked for when that is at least `min_steal`, so the last pieces
+        of a file go to idle connections instead of queueing behind a busy one."""
+        unrequested = seg.unrequested
+        if unrequested >= 2 * self.min_steal:
+            return unrequested // 2
+        if unrequested >= self.min_steal and seg.req_end > seg.cursor:
+            return unrequested
+        return 0
 
     def request(self, seg: Segment, piece: int | None) -> int:
         """The end of the next request for `seg`: at most `piece` bytes on (None: to its end)."""
