@@ -280,6 +280,8 @@ def recorder_on_done(recorder: _Recorder):
     def on_done(path, result: Result, task_results) -> None:
         result.post = [{"task": r.task, "value": r.value, "cpu_seconds": round(r.cpu_seconds, 6),
                         "pid": r.pid, "error": r.error} for r in task_results]
+        result.sha256 = result.sha256 or next((r.value for r in task_results if r.task == "sha256" and not r.error),
+                                              None)
         errors = [r.error for r in task_results if r.error]
         for error in errors:
             recorder.reporter.message(f"post-processing failed: {error}")
