@@ -294,6 +294,8 @@ class _PostAdapter:
 
     def __init__(self, stage, recorder: _Recorder) -> None:
         self.stage, self.recorder = stage, recorder
+        if hasattr(recorder.reporter, "post_status"):
+            recorder.reporter.post_status = lambda: f"post: {stage.pending()} queued, {stage.completed()} done"
 
     def submit(self, result: Result) -> None:
         if result.status == OK and result.path:

@@ -77,8 +77,10 @@ class BarReporter(LineReporter):
         self._tqdm = tqdm
         self._overall = tqdm(total=None, unit="file", desc="files", position=0, file=self.stream,
                              dynamic_ncols=True, mininterval=0.2, leave=True,
-                             bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}<{remaining}] {postfix}")
+                             bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
         self._bytes = 0
+        self.post_status = None
+        """A callable giving a short text about the post stage ("post: 3 queued"), or None."""
         self._bars: dict = {}
         self._free_slots = list(range(MAX_FILE_BARS, 0, -1))
 
@@ -101,7 +103,7 @@ class BarReporter(LineReporter):
             bar = self._bars.get(key)
             if bar is not None:
                 bar.update(n)
-            self._overall.set_postfix_str(_rate(self._bytes, self._overall), refresh=False)
+            self._overall.set_postfix_str(self._postfix(), refresh=False)
             self._overall.update(0)
 
     def file_restarted(self, key) -> None:
@@ -119,6 +121,8 @@ class BarReporter(LineReporter):
 
     def job_recorded(self, result) -> None:
         with self._lock:
+            if self.post_status is not None:
+                self._overall.set_postfix_str(self._postfix(), refresh=False)
             self._overall.update(1)
 
     def message(self, text: str) -> None:
@@ -130,8 +134,12 @@ class BarReporter(LineReporter):
             for bar in self._bars.values():
                 bar.close()
             self._bars.clear()
-            self._overall.set_postfix_str(_rate(self._bytes, self._overall), refresh=False)
+            self._overall.set_postfix_str(self._postfix(), refresh=False)
             self._overall.close()
+
+    def _postfix(self) -> str:
+        text = _rate(self._bytes, self._overall)
+        return f"{text}, {self.post_status()}" if self.post_status is not None else text
 
 
 def _rate(total: int, bar) -> str:
