@@ -135,10 +135,14 @@ class Downloader:
             if post is not None:
                 post.close()
             index.close()
+            if index.warning:
+                self.reporter.message(index.warning)
             results.interrupted = scheduler.stopping
             results.finished = time.monotonic()
             recorder.close()
             self._engine = None
+        if isinstance(feed.error, DiskError):
+            raise feed.error
         if feed.error is not None and not isinstance(feed.error, KeyboardInterrupt):
             raise UsageError(f"reading the URL list failed: {feed.error}")
         return results

@@ -53,11 +53,17 @@ class Index:
             raise DiskError(f"cannot use the index in {folder}: {exc}") from exc
         self._lock = threading.Lock()
         self._pending: list[tuple] = []
+        self.path = folder / "index.sqlite"
+        self.warning: str | None = None
+        """Set when the index could not be updated (a full disk); the batch itself went on."""
 
     def lookup(self, url: str) -> Entry | None:
-        with self._lock:
-            row = self._db.execute("SELECT name, complete, size, sha256 FROM files WHERE url=?",
-                                   (url,)).fetchone()
+        try:
+            with self._lock:
+                row = self._db.execute("SELECT name, complete, size, sha256 FROM files WHERE url=?",
+                                       (url,)).fetchone()
+        except sqlite3.Error:
+            return None
         return Entry(row[0], bool(row[1]), row[2], row[3]) if row else None
 
     def owner(self, name: str) -> str | None:
@@ -70,8 +76,12 @@ class Index:
         """The name `url` will be saved under: `name`, or a deterministic variant of it
         (`core.naming.disambiguate`) when another URL already owns `name`. A URL that owned another
         name gives it up (its Content-Disposition said otherwise)."""
-        with self._lock:
-            return self._claim(url, name)
+        try:
+            with self._lock:
+                return self._claim(url, name)
+        except sqlite3.Error as exc:
+            raise DiskError(f"cannot record file names in {self.path}: {exc}",
+                            disk_full="full" in str(exc)) from exc
 
     def _claim(self, url: str, name: str) -> str:
         row = self._db.execute("SELECT name FROM files WHERE url=?", (url,)).fetchone()
@@ -97,14 +107,15 @@ class Index:
                 self._flush()
 
     def _flush(self) -> None:
+        """Write the pending completion records. Losing them costs nothing but a note: a file under
+        its final name counts as complete on the next run anyway."""
         if self._pending:
-            with self._db:
-                self._db.executemany("UPDATE files SET complete=1, size=?, sha256=? WHERE url=?", self._pending)
-            self._pending.clear()
-
-    def incomplete(self, url: str) -> None:
-        with self._lock:
-            self._db.execute("UPDATE files SET complete=0 WHERE url=?", (url,))
+            pending, self._pending = self._pending, []
+            try:
+                with self._db:
+                    self._db.executemany("UPDATE files SET complete=1, size=?, sha256=? WHERE url=?", pending)
+            except sqlite3.Error as exc:
+                self.warning = f"could not update the index {self.path}: {exc} (the files themselves are fine)"
 
     def close(self) -> None:
         with self._lock:

@@ -1369,8 +1369,6 @@ class TestIndex:
         assert again.claim("https://h/a", "file.iso") == "file.iso"
         entry = again.lookup("https://h/a")
         assert (entry.name, entry.complete, entry.size, entry.sha256) == ("file.iso", True, 42, SHA256_EMPTY)
-        again.incomplete("https://h/a")
-        assert again.lookup("https://h/a").complete is False
         assert again.lookup("https://h/none") is None
         again.close()
 
