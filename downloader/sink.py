@@ -121,10 +121,13 @@ class PartFile:
             if fresh:
                 self._guard(os.ftruncate, self._fd, 0)
             return
-        self.final.parent.mkdir(parents=True, exist_ok=True)
         flags = os.O_RDWR | os.O_CREAT | (os.O_TRUNC if fresh else 0) | getattr(os, "O_CLOEXEC", 0)
         try:
-            self._fd = os.open(self.part, flags, 0o644)
+            try:
+                self._fd = os.open(self.part, flags, 0o644)
+            except FileNotFoundError:  # the first file of its folder: make the folder, once
+                self.final.parent.mkdir(parents=True, exist_ok=True)
+                self._fd = os.open(self.part, flags, 0o644)
         except OSError as exc:
             raise disk_error(exc, self.part) from exc
 
@@ -164,6 +167,7 @@ class PartFile:
                 fh.flush()
             os.replace(tmp, self.state)
         except OSError as exc:
+            self._unlink(tmp)
             raise disk_error(exc, self.state) from exc
         self.state_written = True
 

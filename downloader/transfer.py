@@ -174,7 +174,10 @@ class Transfer:
                                     min_steal=self._min_steal())
         self._open_bar()
         self.ctx.reporter.file_progress(self, self.plan.fetched())
-        return self.plan.claim()
+        first = self.plan.claim()
+        if saved.layout == "segments":
+            self.ctx.scheduler.open_for_help(self)
+        return first
 
     def _probe(self) -> Segment:
         self.plan = None

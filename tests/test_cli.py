@@ -148,11 +148,11 @@ def test_interrupt_saves_state_exits_130_and_rerun_resumes(mode, sig, url, stats
 
 @pytest.mark.parametrize("mode", MODES)
 def test_kill_9_then_rerun_fetches_at_most_one_chunk_twice(mode, url, stats, tmp_path):
-    size = 3_000_000
-    slow = url("/gen/k9.bin", size=size, rate=500_000)
+    size = 1_200_000
+    slow = url("/gen/k9.bin", size=size, rate=200_000)
     args = ["get", slow, "-d", str(tmp_path), "-m", mode, "-s", "1"]
     proc = _start(args)
-    _wait_for_bytes(tmp_path / "k9.bin.part", 400_000, proc)
+    _wait_for_bytes(tmp_path / "k9.bin.part", 300_000, proc)
     proc.kill()
     proc.communicate()
     on_disk = (tmp_path / "k9.bin.part").stat().st_size

@@ -1100,6 +1100,7 @@ DEPENDENCY_HOMES = {
     "urllib3": {"engines/sync.py"},
     "aiohttp": {"engines/aio.py", "mockserver.py"},
     "tqdm": {"progress.py"},
+    "matplotlib": {"benchcmd.py"},
     "typer": {"cli.py"},
     "click": {"cli.py"},
     "dask": {"engines/cluster.py"},
