@@ -265,7 +265,8 @@ class Transfer:
         connections = connections_for(self.size, ranges, self.ctx.options.segments,
                                       self.ctx.options.min_segment_size)
         self.layout = "segments" if connections > 1 else "stream"
-        self.expected = self._static_digests() + server_digests(status, headers)
+        whole = status == 200 or (ranged_end is not None and ranged_end == size)
+        self.expected = self._static_digests() + server_digests(200 if whole else status, headers)
         self.part.open(fresh=True)
         seg.end = self.size if self.size is not None else UNKNOWN_END
         seg.req_end = ranged_end if ranged_end is not None else seg.end

@@ -317,3 +317,17 @@ def test_thread_mode_runs_a_batch_over_several_workers(tmp_path):
     assert results.counts == {"ok": 6, "skipped": 0, "failed": 0}
     for i in range(6):
         assert (tmp_path / f"{i}.bin").read_bytes() == BODY * (i + 1)
+
+
+@responses.activate
+@pytest.mark.parametrize("status", [200, 206])
+def test_content_md5_of_a_whole_body_is_checked(tmp_path, status):
+    import base64
+    headers = {"Content-MD5": base64.b64encode(hashlib.md5(b"other bytes").digest()).decode(),
+               "ETag": '"v1"'}
+    if status == 206:
+        headers["Content-Range"] = f"bytes 0-{len(BODY) - 1}/{len(BODY)}"
+    responses.add(responses.GET, f"{A}/md5.bin", body=BODY, status=status, headers=headers)
+    result = only(get([f"{A}/md5.bin"], tmp_path, retries=0))
+    assert result.status == "failed" and "md5 mismatch (Content-MD5)" in result.error
+    assert not (tmp_path / "md5.bin").exists()
