@@ -133,7 +133,7 @@ class Downloader:
             engine.run()
         finally:
             if post is not None:
-                post.close()
+                post.close(cancel=scheduler.stopping)
             index.close()
             if index.warning:
                 self.reporter.message(index.warning)
@@ -313,8 +313,9 @@ class _PostAdapter:
         else:
             self.recorder.record(result)
 
-    def close(self) -> None:
-        self.stage.close()
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the post tasks; after a Ctrl-C, drop the ones not started yet."""
+        self.stage.close(cancel=cancel)
 
 
 def _as_async(fn):

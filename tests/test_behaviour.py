@@ -232,3 +232,49 @@ def test_progress_events_cover_the_bytes(fetch, url):
     progressed = sum(n for kind, *rest in results.events if kind == "progress" for n in rest)
     assert progressed == 3_000_000
     assert ("finish", "ok") in results.events
+
+
+def test_timeout_is_a_stall_limit_never_a_cap_on_the_transfer(fetch, url, tmp_path):
+    # 600 kB at 300 kB/s takes about 2 s; a 0.5 s timeout must not cut it while bytes keep coming
+    results = fetch([url("/gen/long.bin", size=600_000, rate=300_000)], timeout=0.5, retries=0, segments=1)
+    assert results.counts["ok"] == 1 and results.items[0].attempts == 1
+    assert read(tmp_path / "out/long.bin") == gen_bytes(600_000)
+
+
+def test_retry_failed_runs_only_the_failures_again(mode, url, tmp_path):
+    from downloader import Downloader
+    from downloader.progress import RecordingReporter
+    good, flaky = url("/gen/good.bin", size=1000), url("/gen/flaky.bin", size=2000, fault="503", times=2)
+    d = Downloader(tmp_path, mode=mode, retries=0, retry_base=0.01, reporter=RecordingReporter())
+    first = d.enqueue(good, flaky).run()
+    assert first.counts == {"ok": 1, "skipped": 0, "failed": 1}
+    second = d.retry_failed()
+    assert [r.url for r in second] == [flaky] and second.counts["failed"] == 1
+    third = d.retry_failed()
+    assert third.counts == {"ok": 1, "skipped": 0, "failed": 0}
+    assert read(tmp_path / "flaky.bin") == gen_bytes(2000)
+
+
+def test_complete_part_file_is_finished_by_a_416(fetch, url, stats, tmp_path):
+    import requests
+    size = 700_000
+    u = url("/gen/done.bin", size=size)
+    etag = requests.head(u).headers["ETag"]
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "done.bin.part").write_bytes(gen_bytes(size))
+    (out / "done.bin.part.state").write_text(json.dumps(
+        {"version": 1, "url": u, "size": size, "validator": {"etag": etag, "last_modified": None},
+         "layout": "stream", "missing": [[size, size]]}))
+    results = fetch([u])
+    assert results.counts["ok"] == 1
+    assert read(out / "done.bin") == gen_bytes(size)
+    assert stats(u)["bytes_sent"] == 0 and not (out / "done.bin.part.state").exists()
+
+
+def test_per_host_cap_still_completes_the_batch(fetch, url, server):
+    other = server.url.replace("127.0.0.1", "localhost")
+    urls = [url(f"/gen/h{i}.bin", size=5000, latency=20) for i in range(6)] + \
+        [f"{other}/gen/o{i}.bin?size=5000" for i in range(3)]
+    results = fetch(urls, per_host=1, jobs=8)
+    assert results.counts["ok"] == 9

@@ -194,3 +194,23 @@ def test_full_disk_fails_that_file_with_one_line(mode, url, tmp_path):
         assert "Traceback" not in proc.stderr
     finally:
         subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_gil_json_has_the_documented_fields():
+    proc = run_cli("gil", "--tasks", "2", "--n", "12", "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert {"python", "implementation", "gil_enabled", "cpu_count", "workers", "tasks", "n", "cpu_bound",
+            "io_bound", "verdict"} <= set(data)
+    for mode in ("sequential", "thread", "process"):
+        assert {"wall", "cpu", "speedup"} <= set(data["cpu_bound"][mode])
+        assert data["cpu_bound"][mode]["wall"] > 0
+    assert data["tasks"] == 2 and data["n"] == 12
+    assert data["verdict"] and all(isinstance(s, str) for s in data["verdict"])
+
+
+def test_gil_table_names_every_mode():
+    proc = run_cli("gil", "--tasks", "2", "--n", "12")
+    assert proc.returncode == 0
+    for word in ("sequential", "thread", "process"):
+        assert word in proc.stdout

@@ -1378,3 +1378,20 @@ class TestIndex:
         blocker.write_text("not a folder")
         with pytest.raises(DiskError, match="index"):
             Index(blocker)
+
+
+def test_per_host_cap_counts_connections_in_the_scheduler():
+    from downloader.core.schedule import WAIT, Feed, Scheduler, Start
+    from downloader.core.sources import Job
+    jobs = [Job(f"http://a.example/{i}") for i in range(3)] + [Job("http://b.example/x")]
+    feed = Feed(iter(jobs))
+    feed._run()  # fill the queue synchronously
+    scheduler = Scheduler(feed, per_host=1, connections=8)
+    first, second = scheduler.poll(), scheduler.poll()
+    assert isinstance(first, Start) and first.host == "a.example"
+    assert isinstance(second, Start) and second.host == "b.example"
+    assert scheduler.poll() is WAIT  # a.example is at its cap; its other jobs wait, deferred
+    scheduler.connection_done("a.example")
+    scheduler.job_done()
+    third = scheduler.poll()
+    assert isinstance(third, Start) and third.job.url == "http://a.example/1"
