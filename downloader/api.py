@@ -188,7 +188,24 @@ class Downloader:
             self.stop()
         else:
             self.reporter.message("interrupted again: quitting now; partial files stay as .part")
+            _kill_children()
             os._exit(EXIT_INTERRUPTED)
+
+
+def _kill_children() -> None:
+    """Before quitting at once: end the post stage's worker processes (and their fork server),
+    which would otherwise outlive us, holding our stderr open."""
+    import multiprocessing
+    import signal
+    for child in multiprocessing.active_children():
+        child.kill()
+    server = getattr(__import__("multiprocessing.forkserver").forkserver, "_forkserver", None)
+    pid = getattr(server, "_forkserver_pid", None)
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def download(urls: Iterable[str], dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,

@@ -199,6 +199,46 @@ def demo(
         raise typer.Exit(1)
 
 
+@app.command(help="Time the same batch in each mode, each run a fresh `get` subprocess into a new temporary "
+                  "folder: wall time, files/s, MB/s, download phase, CPU, peak memory (medians). With --post, "
+                  "the thread and the process post executors side by side.")
+def bench(
+    urls: Optional[List[str]] = typer.Argument(None, help="URLs to fetch; with none and no -i, a batch of "
+                                               "files from the built-in mock server, with latency.",
+                                               show_default=False),
+    input_file: Optional[str] = typer.Option(None, "-i", "--input-file", help="A URL file (plain or "
+                                             "aria2-style), read again for every run."),
+    modes: str = typer.Option("sequential,thread,async", "--modes", help="Comma-separated modes to run."),
+    post: List[str] = typer.Option([], "--post", help="Post-process each file: sha256, md5, blake2b, fib:N "
+                                   "(repeatable); each mode then runs with post tasks on threads and on "
+                                   "processes."),
+    runs: int = typer.Option(3, "--runs", min=1, help="Runs per row; the table shows medians."),
+    jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Connections in flight."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every run and the medians as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart PNG (needs the plot extra: "
+                                        "pip install -e '.[plot]')."),
+) -> None:
+    from .benchcmd import check_plot_extra, format_table, run_bench, write_json, write_plot
+
+    try:
+        if plot is not None:
+            check_plot_extra()
+        result = run_bench(urls, input_file, modes.split(","), post, runs, jobs,
+                           say=lambda line: print(line, file=sys.stderr, flush=True))
+        print()
+        print(format_table(result))
+        if json_out is not None:
+            write_json(result, json_out)
+        if plot is not None:
+            write_plot(result, plot)
+    except UsageError as exc:
+        raise _fail(str(exc), 2)
+    except DownloaderError as exc:
+        raise _fail(str(exc), 1)
+    if any(run["exit_code"] for row in result["rows"] for run in row["runs"]):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point of the `downloader` command."""
     try:
