@@ -9,6 +9,7 @@ was rejected (the rest still ran); 2 usage error; 130 interrupted.
 from __future__ import annotations
 
 import enum
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -240,12 +241,24 @@ def bench(
 
 
 def main() -> None:
-    """Entry point of the `downloader` command."""
+    """Entry point of the `downloader` command.
+
+    It ends with `os._exit` once stdout and stderr are flushed: every command closes what it
+    opened (files, pools, servers), and skipping the interpreter's teardown of aiohttp, requests
+    and the rest saves about 30 ms a run, which shows on a batch that takes 0.4 s."""
     try:
         app()
+        code = 0
+    except SystemExit as exc:
+        if isinstance(exc.code, str):
+            print(exc.code, file=sys.stderr)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
         print("downloader: interrupted", file=sys.stderr)
-        sys.exit(130)
+        code = 130
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":
