@@ -542,13 +542,18 @@ def scenarios(quick: bool) -> list[Scenario]:
              Variant("dl async -s 1", "downloader", dl("async", "-s", "1"), needs=("-s",)),
              Variant("dl async", "downloader", dl("async")),
              Variant("dl thread", "downloader", dl("thread")),
+             # the checksum promise is about one-stream files (hashed as the bytes stream in);
+             # a segmented file is hashed after its last segment, a second read of the file
+             Variant("dl async -s 1 +checksum", "downloader",
+                     lambda job: downloader(job, "async", "-s", "1", "--checksum", f"sha-256={job.sha256()}"),
+                     needs=("--checksum", "-s")),
              Variant("dl async +checksum", "downloader",
                      lambda job: downloader(job, "async", "--checksum", f"sha-256={job.sha256()}"),
                      needs=("--checksum",))),
             tuple(Target(label, metric, "curl", factor)
                   for label in ("dl async -s 1", "dl async", "dl thread")
                   for metric, factor in (("wall", 1.3), ("cpu", 2.0)))
-            + (Target("dl async +checksum", "wall", "dl async", 1.15),),
+            + (Target("dl async -s 1 +checksum", "wall", "dl async -s 1", 1.15),),
             timeout=600.0,
         ),
         Scenario(

@@ -260,12 +260,15 @@ class StreamHasher:
     Small files are hashed inline. Past `THREAD_AFTER` bytes the hashing moves to a thread of
     its own (hashlib releases the GIL on large updates), so it runs beside the network reads on
     another core instead of after them; a bounded queue keeps memory flat if hashing falls behind.
+    With `threaded=False` it always hashes inline: for a caller that is itself a helper thread
+    (`WriteBehind`), where one more thread only adds hand-offs.
     """
 
     THREAD_AFTER = 4 << 20
 
-    def __init__(self, algorithms: set[str] | frozenset[str]) -> None:
+    def __init__(self, algorithms: set[str] | frozenset[str], threaded: bool = True) -> None:
         self._hashes = {name: hashlib.new(name) for name in sorted(algorithms)}
+        self.threaded = threaded
         self.fed = 0
         self._queue: queue.Queue | None = None
         self._thread: threading.Thread | None = None
@@ -274,7 +277,7 @@ class StreamHasher:
         self.fed += len(data)
         if self._queue is not None:
             self._queue.put(data)
-        elif self.fed > self.THREAD_AFTER:
+        elif self.threaded and self.fed > self.THREAD_AFTER:
             self._queue = queue.Queue(maxsize=64)
             self._thread = threading.Thread(target=self._drain, name="hasher", daemon=True)
             self._thread.start()

@@ -315,7 +315,7 @@ class Transfer:
         if not algorithms:
             self.hasher = None
             return
-        self.hasher = StreamHasher(algorithms)
+        self.hasher = StreamHasher(algorithms, threaded=not self.ctx.write_behind)
         if prefix:
             file_digests(self.part.part, algorithms, hasher=self.hasher, end=prefix, finish=False)
 
