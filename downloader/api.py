@@ -173,7 +173,7 @@ class Downloader:
                         count += 1
                         yield replace(item, target=claim_name(index, item))
                 elif isinstance(item, Rejected):
-                    results.rejected.append(item)
+                    results.reject(item)
                     where = f"{source.name} line {item.line}" if item.line else source.name
                     self.reporter.message(f"{where}: {item.reason}: {item.text!r} (skipped)")
                 elif isinstance(item, Notice):

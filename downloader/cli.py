@@ -123,8 +123,8 @@ def _print_summary(results, limit: int = 20) -> None:
     err = sys.stderr
     for result in results.failures[:limit]:
         print(f"failed: {result.url}: {result.error}", file=err)
-    if len(results.failures) > limit:
-        print(f"... and {len(results.failures) - limit} more failures (see --report)", file=err)
+    if results.counts["failed"] > limit:
+        print(f"... and {results.counts['failed'] - limit} more failures (see --report)", file=err)
     print(("interrupted: " if results.interrupted else "done: ") + results.summary(), file=err)
     if results.interrupted:
         print("partial files are kept as .part: run the same command again to resume", file=err)

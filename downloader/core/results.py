@@ -43,16 +43,23 @@ class Result:
         return data
 
 
+KEEP_AT_MOST = 1000
+"""With `keep=False`, how many failures and rejected lines are kept for the summary (the rest are
+only counted; the report has every one)."""
+
+
 class Results:
-    """All results of a batch, with totals. With `keep=False` only failures are kept (and the counts),
-    so a million-URL run does not hold a million objects."""
+    """All results of a batch, with totals. With `keep=False` only the first `KEEP_AT_MOST` failures
+    and rejected lines are kept, and the counts, so a million-line run does not hold a million
+    objects."""
 
     def __init__(self, keep: bool = True) -> None:
         self.keep = keep
         self.items: list[Result] = []
         self.failures: list[Result] = []
         self.rejected: list = []
-        """Input lines that were not usable (core.sources.Rejected)."""
+        """Input lines that were not usable (core.sources.Rejected); see `reject`."""
+        self.rejected_count = 0
         self.counts = {OK: 0, SKIPPED: 0, FAILED: 0}
         self.total_bytes = 0
         self.started = time.monotonic()
@@ -62,10 +69,16 @@ class Results:
     def add(self, result: Result) -> None:
         self.counts[result.status] += 1
         self.total_bytes += result.bytes
-        if result.status == FAILED:
+        if result.status == FAILED and (self.keep or len(self.failures) < KEEP_AT_MOST):
             self.failures.append(result)
         if self.keep:
             self.items.append(result)
+
+    def reject(self, rejected) -> None:
+        """Count an input line that was not usable (and keep it, within limits)."""
+        self.rejected_count += 1
+        if self.keep or len(self.rejected) < KEEP_AT_MOST:
+            self.rejected.append(rejected)
 
     def __iter__(self) -> Iterator[Result]:
         return iter(self.items)
@@ -92,15 +105,15 @@ class Results:
     @property
     def success(self) -> bool:
         """True when every URL is downloaded or already there and no input line was rejected."""
-        return not self.failures and not self.rejected and not self.interrupted
+        return not self.counts[FAILED] and not self.rejected_count and not self.interrupted
 
     def summary(self) -> str:
         """One line: downloaded, already there, failed, bytes, time, rate."""
         seconds = max(self.seconds, 1e-9)
         text = (f"{self.counts[OK]} downloaded, {self.counts[SKIPPED]} already there, "
                 f"{self.counts[FAILED]} failed")
-        if self.rejected:
-            text += f", {len(self.rejected)} input line(s) rejected"
+        if self.rejected_count:
+            text += f", {self.rejected_count} input line(s) rejected"
         return text + (f"; {human_bytes(self.total_bytes)} in {seconds:.2f} s "
                        f"({human_bytes(self.total_bytes / seconds)}/s)")
 
