@@ -914,7 +914,7 @@ class TestResults:
         results = Results()
         results.add(Result("https://h/a", OK))
         assert results.success
-        results.rejected.append(Rejected(3, "junk", "not a URL"))
+        results.reject(Rejected(3, "junk", "not a URL"))
         assert not results.success and "1 input line(s) rejected" in results.summary()
 
     def test_to_json_drops_empty_post(self):
@@ -1395,3 +1395,14 @@ def test_per_host_cap_counts_connections_in_the_scheduler():
     scheduler.job_done()
     third = scheduler.poll()
     assert isinstance(third, Start) and third.job.url == "http://a.example/1"
+
+
+def test_results_without_keep_hold_a_bounded_number_of_failures_and_rejections():
+    from downloader.core.results import KEEP_AT_MOST
+    results = Results(keep=False)
+    for i in range(KEEP_AT_MOST + 50):
+        results.add(Result(f"https://h/{i}", FAILED, error="x"))
+        results.reject(Rejected(i, "junk", "not a URL"))
+    assert len(results.failures) == len(results.rejected) == KEEP_AT_MOST
+    assert results.counts[FAILED] == results.rejected_count == KEEP_AT_MOST + 50
+    assert f"{KEEP_AT_MOST + 50} failed, {KEEP_AT_MOST + 50} input line(s) rejected" in results.summary()
