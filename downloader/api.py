@@ -114,9 +114,8 @@ class Downloader:
         self._last = results
         recorder = _Recorder(results, self.reporter, self.report, opts.manifest)
         index = Index(opts.dest)
-        scheduler = Scheduler(Feed(()), per_host=opts.per_host, connections=opts.jobs)
-        feed = Feed(self._jobs(sources, results, index), on_item=lambda: scheduler.wake())
-        scheduler.feed = feed
+        feed = Feed(self._jobs(sources, results, index))
+        scheduler = Scheduler(feed, per_host=opts.per_host, connections=opts.jobs)
         post = _post_stage(opts, recorder)
         ctx = Context(options=opts, index=index, scheduler=scheduler, reporter=self.reporter,
                       policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),

@@ -54,7 +54,8 @@ class Feed:
                  maxsize: int = 1024) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
         self._items = items
-        self._on_item = on_item
+        self.on_item = on_item
+        """Called (on the feed's thread) after each item and at the end; the scheduler listens here."""
         self.produced = 0
         self.error: BaseException | None = None
         self.exhausted = False
@@ -68,12 +69,12 @@ class Feed:
             for item in self._items:
                 self._queue.put(item)
                 self.produced += 1
-                self._on_item()
+                self.on_item()
         except BaseException as exc:  # reported by the batch, not lost in a thread
             self.error = exc
         finally:
             self._queue.put(_END)
-            self._on_item()
+            self.on_item()
 
     def try_next(self) -> Job | None | object:
         """The next job, None when none is ready yet, `_END` after the last."""
@@ -94,6 +95,7 @@ class Scheduler:
 
     def __init__(self, feed: Feed, *, per_host: int | None, connections: int) -> None:
         self.feed = feed
+        feed.on_item = lambda: self.wake()
         self.per_host = per_host
         self.connections = connections
         self.stopping = False
