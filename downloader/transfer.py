@@ -135,7 +135,7 @@ class Transfer:
         self._set_name(self.job.target or claim_name(self.ctx.index, self.job))
         if not self.ctx.options.overwrite and self._present(self.name):
             return self._skip()
-        saved = self.part.saved(self.url)
+        saved = self.part.saved(self.job.url)
         if saved and saved.validator.if_range() and saved.have > 0:
             return self._resume(saved)
         return self._probe()
@@ -190,7 +190,7 @@ class Transfer:
             entry_size = self.final.stat().st_size
         except OSError:
             pass
-        self.ctx.index.complete(self.url, entry_size, None)
+        self.ctx.index.complete(self.job.url, entry_size, None)
         return self._result(SKIPPED, size=entry_size)
 
     # ---------------------------------------------------------------- requests and responses
