@@ -20,6 +20,7 @@ import io
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -72,6 +73,7 @@ class Downloader:
         self._last: Results | None = None
         self._interrupts = 0
         self._engine = None
+        self._post = None
 
     # ------------------------------------------------------------------ building the batch
     def enqueue(self, *urls: str | Job) -> "Downloader":
@@ -109,14 +111,24 @@ class Downloader:
             except ValueError as exc:
                 raise UsageError(f"--checksum: {exc}") from exc
         sums = _read_sums(opts.sums_file) if opts.sums_file else {}
+        if opts.manifest is not None and not os.access(opts.manifest.parent if str(opts.manifest.parent) else ".",
+                                                       os.W_OK):
+            raise UsageError(f"--manifest: cannot write in {opts.manifest.parent or '.'}")
+        try:
+            index = Index(opts.dest)
+        except DiskError as exc:
+            raise UsageError(f"cannot write in output folder {opts.dest}: {exc}") from exc
         sources, self._sources = self._sources, []
         results = Results(keep=self.keep_results)
         self._last = results
-        recorder = _Recorder(results, self.reporter, self.report, opts.manifest)
-        index = Index(opts.dest)
+        try:
+            recorder = _Recorder(results, self.reporter, self.report, opts.manifest)
+        except UsageError:
+            index.close()
+            raise
         feed = Feed(self._jobs(sources, results, index))
         scheduler = Scheduler(feed, per_host=opts.per_host, connections=opts.jobs)
-        post = _post_stage(opts, recorder)
+        post = self._post = _post_stage(opts, recorder)
         ctx = Context(options=opts, index=index, scheduler=scheduler, reporter=self.reporter,
                       policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),
                       rng=random.Random(opts.seed),
@@ -125,21 +137,24 @@ class Downloader:
                       signal_handler=self._on_signal)
         ctx.post_submit = post.submit if post else recorder.record
         ctx.post_submit_async = post.submit_async if post else _as_async(recorder.record)
+        self._interrupts = 0
+        previous = _install_signals(self._on_signal)
         feed.start()  # reading the input and claiming names overlaps with importing the engine
-        engine = _engine(opts.mode)(ctx, opts.jobs)
-        self._engine, self._interrupts = engine, 0
         try:
+            engine = self._engine = _engine(opts.mode)(ctx, opts.jobs)
             engine.run()
         finally:
+            _install_signals(self._on_signal)  # the async engine's loop hands them back to the default
             if post is not None:
                 post.close(cancel=scheduler.stopping)
+            _restore_signals(previous)
             index.close()
             if index.warning:
                 self.reporter.message(index.warning)
             results.interrupted = scheduler.stopping
             results.finished = time.monotonic()
             recorder.close()
-            self._engine = None
+            self._engine = self._post = None
         if isinstance(feed.error, DiskError):
             raise feed.error
         if feed.error is not None and not isinstance(feed.error, KeyboardInterrupt):
@@ -155,9 +170,12 @@ class Downloader:
         return self.run()
 
     def stop(self) -> None:
-        """Ask a running batch to stop as the first Ctrl-C does (from another thread)."""
+        """Ask a running batch to stop as the first Ctrl-C does (from another thread): start
+        nothing new, let chunks in flight land, drop post tasks not started yet."""
         if self._engine is not None:
             self._engine.stop()
+        if self._post is not None:
+            self._post.cancel()
 
     # ------------------------------------------------------------------ internals
     def _jobs(self, sources: list[_Source], results: Results, index: Index) -> Iterator[Job]:
@@ -191,11 +209,23 @@ class Downloader:
             os._exit(EXIT_INTERRUPTED)
 
 
+def _install_signals(handler) -> dict:
+    """SIGINT and SIGTERM to `handler` for the whole batch (from the main thread only, where Python
+    runs signal handlers); returns the handlers to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def _kill_children() -> None:
     """Before quitting at once: end the post stage's worker processes (and their fork server),
     which would otherwise outlive us, holding our stderr open."""
     import multiprocessing
-    import signal
     for child in multiprocessing.active_children():
         child.kill()
     server = getattr(__import__("multiprocessing.forkserver").forkserver, "_forkserver", None)
@@ -332,6 +362,9 @@ class _PostAdapter:
     def close(self, cancel: bool = False) -> None:
         """Wait for the post tasks; after a Ctrl-C, drop the ones not started yet."""
         self.stage.close(cancel=cancel)
+
+    def cancel(self) -> None:
+        self.stage.cancel()
 
 
 def _as_async(fn):

@@ -25,6 +25,7 @@ import hashlib
 import multiprocessing
 import os
 import re
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -170,6 +171,13 @@ def _error_line(task_name: str, path: str, reason: str) -> str:
     return f"{task_name} on {os.path.basename(path)}: {reason}"
 
 
+def _ignore_sigint() -> None:
+    """Pool workers leave Ctrl-C to the downloader: a terminal's Ctrl-C reaches the whole process
+    group, and a worker must not die mid-task with a traceback; the downloader decides (cancel the
+    queue, or end the workers on a second Ctrl-C)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def worker_context() -> BaseContext:
     """The multiprocessing context of this package's process pools: forkserver, else spawn.
 
@@ -185,8 +193,29 @@ def worker_context() -> BaseContext:
     the program's main module too, so a script with a process stage needs the usual
     `if __name__ == "__main__":` guard.
     """
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    _start_forkserver_deaf_to_sigint()
+    return multiprocessing.get_context("forkserver")
+
+
+def _start_forkserver_deaf_to_sigint() -> None:
+    """Start the fork server (once per program) while SIGINT is ignored. An ignored signal stays
+    ignored across fork and exec, and Python keeps it so at start-up, so the server and every
+    worker it forks ignore SIGINT from their first instruction: a terminal's Ctrl-C, which reaches
+    the whole process group, can never kill a worker mid-start or mid-task with a traceback; the
+    downloader decides what a Ctrl-C means (cancel the queue, or end the workers on the second).
+    A pool initializer setting SIG_IGN leaves a window between fork and initializer (seen in
+    tests), and a blocked signal mask does not survive the server's exec."""
+    from multiprocessing import forkserver
+    if threading.current_thread() is not threading.main_thread():
+        forkserver.ensure_running()
+        return
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        forkserver.ensure_running()
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 class _InlineExecutor(Executor):
@@ -303,9 +332,14 @@ class PostStage:
     def __exit__(self, exc_type, exc, traceback) -> None:
         self.close(cancel=exc_type is not None)
 
+    def cancel(self) -> None:
+        """Drop the files no worker has started yet (each still reaches `on_done`, "cancelled");
+        tasks already running finish. Safe to call from a signal handler while `close` waits."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
     def _new_executor(self) -> Executor:
         if self._kind == "process":
-            return ProcessPoolExecutor(self._workers, mp_context=worker_context())
+            return ProcessPoolExecutor(self._workers, mp_context=worker_context(), initializer=_ignore_sigint)
         if self._kind == "thread":
             return ThreadPoolExecutor(self._workers, thread_name_prefix="post")
         return _InlineExecutor()

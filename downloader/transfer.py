@@ -70,7 +70,8 @@ class Context:
     post_submit_async: Callable[[Result], Awaitable[None]] | None = None
     """The same for the async engine, waiting without blocking the loop."""
     signal_handler: Callable | None = None
-    """What SIGINT and SIGTERM call (installed by the engine, in the thread that may)."""
+    """What SIGINT and SIGTERM call. The API installs it for the whole batch; the async engine
+    also hands it to its event loop, so a signal wakes the loop at once."""
     write_behind: bool = False
     """Write big files on a thread of their own (sink.WriteBehind). The async engine asks for it:
     its one thread must not spend itself copying into the page cache. Thread workers do their

@@ -214,3 +214,22 @@ def test_gil_table_names_every_mode():
     assert proc.returncode == 0
     for word in ("sequential", "thread", "process"):
         assert word in proc.stdout
+
+
+def test_interrupt_during_post_work_keeps_the_report_and_leaves_no_process(url, tmp_path):
+    urls = [url(f"/gen/pp{i}.bin", size=1000 + i) for i in range(4)]
+    report = tmp_path / "report.jsonl"
+    proc = _start(["get", *urls, "-d", str(tmp_path / "out"), "--post", "fib:36", "--post-workers", "2",
+                   "--report", str(report)], start_new_session=True)
+    for i in range(4):
+        _wait_for_bytes(tmp_path / "out" / f"pp{i}.bin", 1000 + i, proc)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal's Ctrl-C does: the whole process group
+    # communicate() would hang if pool workers outlived the tool holding its stderr open
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert sorted(r["url"] for r in rows) == sorted(urls)
+    assert all(r["status"] == "ok" for r in rows)
+    errors = [p["error"] for r in rows for p in r["post"]]
+    assert any(e and "cancelled" in e for e in errors), errors

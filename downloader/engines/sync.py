@@ -7,7 +7,6 @@ file in flight with one of its segments.
 """
 from __future__ import annotations
 
-import signal
 import threading
 
 import requests
@@ -185,20 +184,8 @@ class ThreadEngine:
             self._active.discard(t)
 
     def run(self, grace: float = 5.0) -> None:
-        previous = self._install_signals()
-        try:
-            self._run(grace)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-    def _install_signals(self) -> dict:
-        handler = self.ctx.signal_handler
-        if handler is None or threading.current_thread() is not threading.main_thread():
-            return {}
-        return {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def _run(self, grace: float) -> None:
+        """Run the workers until the batch is done; after a stop, give stuck reads `grace` seconds.
+        (SIGINT and SIGTERM go to the batch's handler, installed by the API for the whole run.)"""
         threads = [threading.Thread(target=worker, args=(self.ctx, self), name=f"conn-{i}", daemon=True)
                    for i in range(self.workers)]
         for thread in threads:
