@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from .config import Options
 from .core.digests import parse_checksum, parse_sums_line
+from .core.redirects import redact
 from .core.results import FAILED, OK, Result, Results
 from .core.retry import RetryPolicy
 from .core.schedule import Feed, Scheduler
@@ -264,7 +265,9 @@ class _Recorder:
         with self._lock:
             self.results.add(result)
             if self._report is not None:
-                self._report.write(json.dumps(result.to_json()) + "\n")
+                row = result.to_json()
+                row["url"] = redact(row["url"])
+                self._report.write(json.dumps(row) + "\n")
             if self._manifest_rows is not None and result.status != FAILED and result.path:
                 self._manifest_rows.write(f"{result.sha256 or '-'}\t{result.path}\n")
         self.reporter.job_recorded(result)

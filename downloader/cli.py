@@ -120,9 +120,10 @@ def get(
 
 
 def _print_summary(results, limit: int = 20) -> None:
+    from .core.redirects import redact
     err = sys.stderr
     for result in results.failures[:limit]:
-        print(f"failed: {result.url}: {result.error}", file=err)
+        print(f"failed: {redact(result.url)}: {result.error}", file=err)
     if results.counts["failed"] > limit:
         print(f"... and {results.counts['failed'] - limit} more failures (see --report)", file=err)
     print(("interrupted: " if results.interrupted else "done: ") + results.summary(), file=err)

@@ -31,7 +31,7 @@ from .core.digests import Expected, parse_checksum, server_digests
 from .core.naming import relative_target
 from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
                           judge, length_disagrees, parse_content_range, range_header)
-from .core.redirects import headers_for, next_hop
+from .core.redirects import headers_for, next_hop, redact, split_userinfo
 from .core.results import FAILED, OK, SKIPPED, Result
 from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from .core.schedule import Scheduler
@@ -82,8 +82,10 @@ def claim_name(index: Index, job: Job) -> str:
     """Claim the name a job's URL gives, in input order (the feed does this for every job, so
     which of two URLs wanting one name gets it plain does not depend on which finishes first)."""
     entry = index.lookup(job.url)
-    wanted = relative_target(job.url, out=job.name, subdir=job.subdir)
-    return entry.name if entry else index.claim(job.url, wanted)
+    wanted = relative_target(split_userinfo(job.url)[0], out=job.name, subdir=job.subdir)
+    if entry and (entry.name == wanted or not (job.name or job.subdir)):
+        return entry.name  # a name learnt from the server before stays, unless the input names one
+    return index.claim(job.url, wanted)
 
 
 class Transfer:
@@ -93,8 +95,10 @@ class Transfer:
         self.job = job
         self.ctx = ctx
         self.host = host
-        self.url = job.url
-        """Where requests go: the URL after the first response's redirects."""
+        self.url, self.url_auth = split_userinfo(job.url)
+        """Where requests go (without `user:password@`, sent as a header instead): the URL after
+        the first response's redirects."""
+        self.first_url = self.url
         self.crossed_hosts = False
         """Once a redirect left the first host, credentials stay behind for good."""
         self.name: str | None = None
@@ -199,7 +203,10 @@ class Transfer:
         """URL and headers for the next try on `seg`."""
         self.requests += 1
         opts = self.ctx.options
-        user = headers_for(tuple(opts.headers) + tuple(self.job.headers), self.crossed_hosts)
+        given = tuple(opts.headers) + tuple(self.job.headers)
+        if self.url_auth and not any(k.lower() == "authorization" for k, _ in given):
+            given = self.url_auth + given
+        user = headers_for(given, self.crossed_hosts)
         headers = [("Accept-Encoding", "identity")]
         if self.plan is not None and not self.validator.if_range():
             self._reset_stream(seg)
@@ -252,7 +259,7 @@ class Transfer:
     def _accept_first(self, seg: Segment, status: int, headers) -> bool:
         size, ranged_end = self._first_extent(status, headers)
         cd = headers.get("Content-Disposition")
-        if (cd or self.url != self.job.url) and not self.job.name:
+        if (cd or self.url != self.first_url) and not self.job.name:
             wanted = self._wanted_name(cd)
             if wanted != self.name:
                 self._set_name(self.ctx.index.claim(self.job.url, wanted))
@@ -404,7 +411,7 @@ class Transfer:
                 self.error = exc
             return None
         delay = self.ctx.policy.delay(failures, exc.retry_after, self.ctx.rng)
-        self.ctx.reporter.info(f"retrying {self.job.url} in {delay:.1f} s: {exc}")
+        self.ctx.reporter.info(f"retrying {redact(self.job.url)} in {delay:.1f} s: {exc}")
         return delay
 
     def stopped(self) -> bool:
@@ -516,7 +523,7 @@ class Transfer:
         self.restarts += 1
         if self.restarts > self.ctx.options.retries:
             return self._give_up(TransferError(f"gave up after {self.restarts} restarts: {reason}"))
-        self.ctx.reporter.info(f"{self.job.url}: {reason}; starting it again from zero")
+        self.ctx.reporter.info(f"{redact(self.job.url)}: {reason}; starting it again from zero")
         if self.hasher is not None:
             self.hasher.abandon()
             self.hasher = None

@@ -278,3 +278,31 @@ def test_per_host_cap_still_completes_the_batch(fetch, url, server):
         [f"{other}/gen/o{i}.bin?size=5000" for i in range(3)]
     results = fetch(urls, per_host=1, jobs=8)
     assert results.counts["ok"] == 9
+
+
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown(fetch, server, tmp_path):
+    import base64
+    echo = server.url.replace("http://", "http://alice:s3cret@") + "/echo-headers?cred=1"
+    report = tmp_path / "report.jsonl"
+    results = fetch([echo, server.url.replace("http://", "http://alice:s3cret@") + "/status/404"],
+                    report=str(report))
+    sent = {k.lower(): v for k, v in json.loads(read(tmp_path / "out/echo-headers")).items()}
+    assert sent["authorization"] == "Basic " + base64.b64encode(b"alice:s3cret").decode()
+    assert "s3cret" not in report.read_text() and "alice:***@" in report.read_text()
+    assert not any("s3cret" in str(event) for event in results.events)
+
+
+def test_fragments_do_not_make_a_second_download(fetch, url, stats, tmp_path):
+    u = url("/gen/frag.bin", size=13)
+    results = fetch([u + "#one", u + "#two"])
+    assert results.counts["ok"] == 1 and stats(u)["gets"] == 1
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".downloader", "frag.bin"]
+
+
+def test_an_explicit_out_name_wins_over_an_earlier_download_of_the_url(fetch, url, tmp_path):
+    u = url("/gen/plain.bin", size=100)
+    fetch([u])
+    results = fetch(lines=[f"{u}\n", "  out=renamed.bin\n", "  dir=data\n"])
+    assert results.counts["ok"] == 1
+    assert read(tmp_path / "out/data/renamed.bin") == gen_bytes(100)
+    assert (tmp_path / "out/plain.bin").exists()

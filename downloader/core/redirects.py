@@ -12,8 +12,9 @@ stay dropped (see `headers_for`).
 """
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -56,6 +57,30 @@ def next_hop(url: str, status: int, location: str | None, *, hops: int, max_hops
 
 def _downgraded(start: str, target: str) -> bool:
     return origin(start)[0] == "https" and origin(target)[0] == "http"
+
+
+def _host_port(parts) -> str:
+    host = parts.hostname or ""
+    host = f"[{host}]" if ":" in host else host
+    return host + (f":{parts.port}" if parts.port is not None else "")
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The URL without `user:password@`, and the Basic Authorization header it stood for. Every
+    engine sends credentials the same way then, and they follow the rules of `headers_for`."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url, ()
+    token = base64.b64encode(f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode())
+    return urlunsplit(parts._replace(netloc=_host_port(parts))), (("Authorization", f"Basic {token.decode()}"),)
+
+
+def redact(url: str) -> str:
+    """The URL as shown to people (messages, the report): a password in it becomes `***`."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{_host_port(parts)}"))
 
 
 def headers_for(headers: tuple[tuple[str, str], ...], cross_host: bool) -> tuple[tuple[str, str], ...]:

@@ -10,6 +10,8 @@ with indented `key=value` lines that apply to it::
       header=Authorization: Bearer xyz
       checksum=sha-256=0f3a...
 
+A `#fragment` is dropped: it never reaches the server, so `a#1` and `a#2` are one download.
+
 Because options come *after* their URL, a job is yielded when the next URL (or the end) shows up:
 a one-line look-ahead, never the whole file. A million-line list costs one job of memory here.
 """
@@ -106,7 +108,7 @@ def parse_lines(lines: Iterable[str], first_line: int = 1) -> Iterator[Job | Rej
         if pending is not None:
             yield _finish(pending)
             pending = None
-        url = stripped.split("\t")[0]
+        url = stripped.split("\t")[0].split("#", 1)[0]
         problem = url_problem(url)
         if problem:
             yield Rejected(number, stripped, problem)
@@ -152,7 +154,7 @@ def jobs_from_urls(urls: Iterable[str]) -> Iterator[Job | Rejected]:
             yield url
             continue
         problem = url_problem(url)
-        yield Rejected(0, url, problem) if problem else Job(url=url)
+        yield Rejected(0, url, problem) if problem else Job(url=url.split("#", 1)[0])
 
 
 class Deduplicator:
