@@ -744,9 +744,10 @@ async def file(request: web.Request) -> web.StreamResponse:
         raise web.HTTPNotFound()
     try:
         path = (root / request.match_info["path"]).resolve()
-    except (OSError, ValueError):
-        raise web.HTTPNotFound() from None
-    if not path.is_relative_to(root) or not path.is_file():
+        usable = path.is_relative_to(root) and path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL, ...
+        usable = False
+    if not usable:
         raise web.HTTPNotFound()
     return await respond(request, FileRepresentation.of(path))
 

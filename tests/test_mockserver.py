@@ -576,3 +576,8 @@ def test_serve_runs_until_interrupted_then_returns_quietly(signum):
         finally:
             process.kill()  # a no-op once it has exited
     assert (process.returncode, out, err) == (0, "bye\n", "")
+
+
+def test_a_name_too_long_for_the_file_system_is_a_404(tmp_path):
+    with MockServer(tmp_path) as server:
+        assert requests.get(f"{server.url}/{'a' * 300}.txt").status_code == 404

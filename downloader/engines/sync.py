@@ -154,13 +154,18 @@ def worker(ctx: Context, engine: "ThreadEngine") -> None:
 
 
 class ThreadEngine:
-    """`workers` threads over requests; `sequential` mode is this with one worker."""
+    """Up to `workers` threads over requests; `sequential` mode is this with one worker.
+
+    Threads start as work needs them: one more whenever a worker takes work and none is left
+    idle, so `-j 10000` for three files starts a handful of threads, not ten thousand."""
 
     def __init__(self, ctx: Context, workers: int) -> None:
         self.ctx = ctx
         self.workers = workers
         self.stop_event = threading.Event()
         self._cond = threading.Condition()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
         self._active: set[Transfer] = set()
         self._active_lock = threading.Lock()
         ctx.scheduler.wake = self._wake
@@ -172,8 +177,20 @@ class ThreadEngine:
     def next_work(self):
         with self._cond:
             while (work := self.ctx.scheduler.poll()) is WAIT:
+                self._idle += 1
                 self._cond.wait()
+                self._idle -= 1
+            if work is not None and self._idle == 0:
+                self._spawn()
             return work
+
+    def _spawn(self) -> None:
+        """Start one more worker, within `workers` (the caller holds the condition's lock)."""
+        if len(self._threads) < self.workers:
+            thread = threading.Thread(target=worker, args=(self.ctx, self), daemon=True,
+                                      name=f"conn-{len(self._threads)}")
+            self._threads.append(thread)
+            thread.start()
 
     def track(self, t: Transfer) -> None:
         with self._active_lock:
@@ -186,16 +203,17 @@ class ThreadEngine:
     def run(self, grace: float = 5.0) -> None:
         """Run the workers until the batch is done; after a stop, give stuck reads `grace` seconds.
         (SIGINT and SIGTERM go to the batch's handler, installed by the API for the whole run.)"""
-        threads = [threading.Thread(target=worker, args=(self.ctx, self), name=f"conn-{i}", daemon=True)
-                   for i in range(self.workers)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.5 if not self.stop_event.is_set() else grace)
-                if self.stop_event.is_set() and thread.is_alive():
-                    self._abandon()
-                    return
+        with self._cond:
+            self._spawn()
+        while True:
+            with self._cond:
+                alive = [thread for thread in self._threads if thread.is_alive()]
+            if not alive:
+                return
+            alive[0].join(0.5 if not self.stop_event.is_set() else grace)
+            if self.stop_event.is_set() and alive[0].is_alive():
+                self._abandon()
+                return
 
     def stop(self) -> None:
         """First Ctrl-C: start nothing new, let in-flight chunks land, keep every `.part`."""
