@@ -93,9 +93,15 @@ class Downloader:
         if str(path) == "-":
             return self.enqueue_lines(_stdin_lines(), "stdin")
         try:
+            with open(path, "rb") as probe:
+                head = probe.read(4096)
             handle = open(path, encoding="utf-8", errors="surrogateescape", newline="")
         except OSError as exc:
             raise UsageError(f"cannot read URL file {path}: {exc.strerror or exc}") from exc
+        if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
+            handle.close()
+            raise UsageError(f"URL file {path} is not UTF-8 text"
+                             + (" (it looks like UTF-16)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""))
         return self.enqueue_lines(_closing_lines(handle), str(path))
 
     # ------------------------------------------------------------------ running it
