@@ -128,7 +128,9 @@ def _print_summary(results, limit: int = 20) -> None:
         print(f"... and {results.counts['failed'] - limit} more failures (see --report)", file=err)
     print(("interrupted: " if results.interrupted else "done: ") + results.summary(), file=err)
     if results.interrupted:
-        print("partial files are kept as .part: run the same command again to resume", file=err)
+        parked = any((r.error or "").startswith("interrupted") for r in results.failures)
+        print("partial files are kept as .part: " if parked else "", "run the same command again to resume",
+              sep="", file=err)
 
 
 @app.command(help="Serve a folder on loopback with Range/ETag/HEAD and faults on demand (the mock server).")
