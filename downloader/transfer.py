@@ -270,8 +270,7 @@ class Transfer:
         self.validator = Validator.from_headers(headers)
         ranges = (status == 206 or "bytes" in (headers.get("Accept-Ranges") or "").lower()) \
             and bool(self.validator.if_range())
-        connections = connections_for(self.size, ranges, self.ctx.options.segments,
-                                      self.ctx.options.min_segment_size)
+        connections = self._max_connections(ranges)
         self.layout = "segments" if connections > 1 else "stream"
         whole = status == 200 or (ranged_end is not None and ranged_end == size)
         self.expected = self._static_digests() + server_digests(200 if whole else status, headers)
@@ -362,12 +361,10 @@ class Transfer:
                 self.part.write(offset, chunk)
                 if self.hasher is not None:
                     self.hasher.update(chunk)
-                self.plan.written(seg, n)
+                self._written(seg, n)
             self.received += n
             self.ctx.reporter.file_progress(self, n)
-            if self.layout == "segments" and self.writer is None:
-                self._save_state(force=False)
-            elif self.layout == "stream" and not self.part.state_written and \
+            if self.layout == "stream" and not self.part.state_written and \
                     self.received > self.ctx.options.chunk_size:
                 # a one-stream file needs its state (URL, validator) only once it is worth
                 # resuming: past one chunk. Below that a crash costs at most one chunk.
@@ -377,7 +374,8 @@ class Transfer:
         return self.ctx.limiter.take(n) if self.ctx.limiter is not None else 0.0
 
     def _written(self, seg: Segment, n: int) -> None:
-        """A queued chunk reached the disk (called on the writer's thread)."""
+        """A chunk reached the disk (on the writer's thread when there is one): the plan learns
+        it, and a segmented file's state file follows (at most once a second)."""
         self.plan.written(seg, n)
         if self.layout == "segments":
             self._save_state(force=False)
