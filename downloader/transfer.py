@@ -421,26 +421,20 @@ class Transfer:
         with self._lock:
             self._active += 1
 
-    def claim(self) -> Segment | None:
-        """More of this file for the connection that just finished a segment, or None."""
-        with self._lock:
-            if self._closed or self.stopped() or self.plan is None:
-                return None
-            return self.plan.claim()
-
-    def can_help(self) -> bool:
-        """Whether another connection could take part of this file now (for the scheduler)."""
-        return not self._closed and not self.stopped() and self.plan is not None and self.plan.can_help()
-
-    def claim_for_helper(self) -> Segment | None:
-        """A segment for a connection joining from the scheduler, counted as active at once."""
+    def claim(self, joining: bool = False) -> Segment | None:
+        """More of this file for a connection, or None: for one that just finished a segment, or
+        (`joining`) one the scheduler sends to help, which counts as active at once."""
         with self._lock:
             if self._closed or self.stopped() or self.plan is None:
                 return None
             seg = self.plan.claim()
-            if seg is not None:
+            if seg is not None and joining:
                 self._active += 1
             return seg
+
+    def can_help(self) -> bool:
+        """Whether another connection could take part of this file now (for the scheduler)."""
+        return not self._closed and not self.stopped() and self.plan is not None and self.plan.can_help()
 
     def release(self, seg: Segment | None) -> None:
         if seg is not None and self.plan is not None and seg in self.plan.segments:

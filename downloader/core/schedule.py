@@ -116,7 +116,7 @@ class Scheduler:
             for transfer in self._open:
                 host = transfer.host
                 if self._host_free(host) and transfer.can_help():
-                    segment = transfer.claim_for_helper()
+                    segment = transfer.claim(joining=True)
                     if segment is not None:
                         self._hosts[host] += 1
                         return Help(transfer, segment, host)
