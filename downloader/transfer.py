@@ -352,6 +352,12 @@ class Transfer:
         offset, n = self.plan.reserve(seg, len(data))
         if n:
             chunk = data if n == len(data) else memoryview(data)[:n]
+            if self.layout == "stream" and not self.part.state_written and \
+                    self.received + n > self.ctx.options.chunk_size:
+                # a one-stream file needs its state (URL, validator) once it is worth resuming:
+                # before its second chunk lands, so a crash never costs more than one chunk
+                # (its resume point is the .part's length, whatever the state says)
+                self._save_state()
             if self.writer is None and self.ctx.write_behind and \
                     max(self.size or 0, self.received) >= WRITE_BEHIND_AFTER:
                 self.writer = WriteBehind(self.part, self.hasher, self._written)
@@ -364,11 +370,6 @@ class Transfer:
                 self._written(seg, n)
             self.received += n
             self.ctx.reporter.file_progress(self, n)
-            if self.layout == "stream" and not self.part.state_written and \
-                    self.received > self.ctx.options.chunk_size:
-                # a one-stream file needs its state (URL, validator) only once it is worth
-                # resuming: past one chunk. Below that a crash costs at most one chunk.
-                self._save_state()
         if n < len(data):
             return None
         return self.ctx.limiter.take(n) if self.ctx.limiter is not None else 0.0
