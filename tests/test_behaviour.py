@@ -235,10 +235,10 @@ def test_progress_events_cover_the_bytes(fetch, url):
 
 
 def test_timeout_is_a_stall_limit_never_a_cap_on_the_transfer(fetch, url, tmp_path):
-    # 600 kB at 300 kB/s takes about 2 s; a 0.5 s timeout must not cut it while bytes keep coming
-    results = fetch([url("/gen/long.bin", size=600_000, rate=300_000)], timeout=0.5, retries=0, segments=1)
+    # 900 kB at 300 kB/s takes about 3 s; a 1 s timeout must not cut it while bytes keep coming
+    results = fetch([url("/gen/long.bin", size=900_000, rate=300_000)], timeout=1, retries=0, segments=1)
     assert results.counts["ok"] == 1 and results.items[0].attempts == 1
-    assert read(tmp_path / "out/long.bin") == gen_bytes(600_000)
+    assert read(tmp_path / "out/long.bin") == gen_bytes(900_000)
 
 
 def test_retry_failed_runs_only_the_failures_again(mode, url, tmp_path):
