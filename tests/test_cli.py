@@ -231,5 +231,7 @@ def test_interrupt_during_post_work_keeps_the_report_and_leaves_no_process(url, 
     rows = [json.loads(line) for line in report.read_text().splitlines()]
     assert sorted(r["url"] for r in rows) == sorted(urls)
     assert all(r["status"] == "ok" for r in rows)
-    errors = [p["error"] for r in rows for p in r["post"]]
-    assert any(e and "cancelled" in e for e in errors), errors
+    # each task either finished (workers ignore the Ctrl-C) or was dropped before it started;
+    # none died mid-task (which tasks were still queued depends on timing)
+    for post in (p for r in rows for p in r["post"]):
+        assert post["value"] == 14930352 or "cancelled" in (post["error"] or ""), post
