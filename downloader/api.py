@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from .config import Options
 from .core.digests import parse_checksum, parse_sums_line
+from .core.ratelimit import TokenBucket
 from .core.redirects import redact
 from .core.results import FAILED, OK, Result, Results
 from .core.retry import RetryPolicy
@@ -38,7 +39,6 @@ from .core.sources import Deduplicator, Job, Notice, Rejected, jobs_from_urls, p
 from .errors import DiskError, UsageError
 from .index import Index
 from .progress import LineReporter
-from .core.ratelimit import TokenBucket
 from .transfer import Context, claim_name
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -108,19 +108,7 @@ class Downloader:
     def run(self) -> Results:
         """Download everything enqueued so far; returns the batch's Results."""
         opts = self.options
-        try:
-            opts.dest.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create output folder {opts.dest}: {exc.strerror or exc}") from exc
-        if opts.checksum:
-            try:
-                parse_checksum(opts.checksum)
-            except ValueError as exc:
-                raise UsageError(f"--checksum: {exc}") from exc
-        sums = _read_sums(opts.sums_file) if opts.sums_file else {}
-        if opts.manifest is not None and not os.access(opts.manifest.parent if str(opts.manifest.parent) else ".",
-                                                       os.W_OK):
-            raise UsageError(f"--manifest: cannot write in {opts.manifest.parent or '.'}")
+        sums, post_tasks = self._check()
         try:
             index = Index(opts.dest)
         except DiskError as exc:
@@ -135,7 +123,7 @@ class Downloader:
             raise
         feed = Feed(self._jobs(sources, results, index))
         scheduler = Scheduler(feed, per_host=opts.per_host, connections=opts.jobs)
-        post = self._post = _post_stage(opts, recorder)
+        post = self._post = _post_stage(opts, post_tasks, recorder)
         ctx = Context(options=opts, index=index, scheduler=scheduler, reporter=self.reporter,
                       policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),
                       rng=random.Random(opts.seed),
@@ -167,6 +155,31 @@ class Downloader:
         if feed.error is not None and not isinstance(feed.error, KeyboardInterrupt):
             raise UsageError(f"reading the URL list failed: {feed.error}")
         return results
+
+    def _check(self) -> tuple[dict, tuple]:
+        """Everything about the options that can be wrong, found before anything is opened:
+        returns the --sums digests and the parsed --post tasks."""
+        opts = self.options
+        try:
+            opts.dest.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create output folder {opts.dest}: {exc.strerror or exc}") from exc
+        if opts.checksum:
+            try:
+                parse_checksum(opts.checksum)
+            except ValueError as exc:
+                raise UsageError(f"--checksum: {exc}") from exc
+        manifest_folder = opts.manifest.parent if opts.manifest is not None else None
+        if manifest_folder is not None and not os.access(manifest_folder, os.W_OK):
+            raise UsageError(f"--manifest: cannot write in {manifest_folder}")
+        post_tasks = ()
+        if opts.post:
+            from .postprocess import parse_post_spec
+            try:
+                post_tasks = tuple(parse_post_spec(spec) for spec in opts.post)
+            except ValueError as exc:
+                raise UsageError(f"--post: {exc}") from exc
+        return (_read_sums(opts.sums_file) if opts.sums_file else {}), post_tasks
 
     def retry_failed(self) -> Results:
         """Run again the URLs that failed in the last run (resuming what they left on disk)."""
@@ -323,14 +336,10 @@ def _read_sums(path: Path) -> dict:
         raise UsageError(f"cannot read --sums file {path}: {exc.strerror or exc}") from exc
 
 
-def _post_stage(opts: Options, recorder: _Recorder):
-    if not opts.post:
+def _post_stage(opts: Options, tasks: tuple, recorder: _Recorder):
+    if not tasks:
         return None
-    from .postprocess import PostStage, parse_post_spec
-    try:
-        tasks = tuple(parse_post_spec(spec) for spec in opts.post)
-    except ValueError as exc:
-        raise UsageError(f"--post: {exc}") from exc
+    from .postprocess import PostStage
     return _PostAdapter(PostStage(tasks, executor=opts.post_executor, workers=opts.post_workers,
                                   on_done=recorder_on_done(recorder)), recorder)
 
