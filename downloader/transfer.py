@@ -48,6 +48,10 @@ PIECE_RANGE = (256 << 10, 16 << 20)
 """Bounds of the piece a segmented download asks for in one request (`--min-segment-size`
 clamped to these): small enough that the tail of a file can be shared out, large enough that
 requests cost nothing next to the bytes."""
+TAIL_DIVISOR = 8
+"""In the tail of a batch, requests shrink to their share of what is left, but never below a
+piece divided by this (64K for 512K pieces, 1M for the default 8M): a floor tied to the piece
+the user chose for their network, so a request never costs more in round trips than in bytes."""
 
 
 @dataclass
@@ -217,7 +221,7 @@ class Transfer:
             if opts.segments > 1:
                 headers.append(("Range", range_header(0, self.piece)))
         else:
-            req_end = self.plan.request(seg, self.piece if self.layout == "segments" else None)
+            req_end = self.plan.request(seg, self._next_piece() if self.layout == "segments" else None)
             headers.append(("Range", range_header(seg.cursor, None if req_end >= self.plan.size else req_end)))
             headers.append(("If-Range", self.validator.if_range()))
         names = {k.lower() for k, _ in user}
@@ -310,6 +314,22 @@ class Transfer:
     def piece(self) -> int:
         low, high = PIECE_RANGE
         return max(low, min(self.ctx.options.min_segment_size, high))
+
+    def _next_piece(self) -> int:
+        """The most the next request asks for: a piece, or in the tail of the batch its share of
+        the bytes left (see core.schedule), so connections finish together."""
+        piece = self.piece
+        share = self.ctx.scheduler.tail_share()
+        return piece if share is None else max(piece // TAIL_DIVISOR, min(piece, share))
+
+    def _steal_floor(self) -> int | None:
+        """Smallest range a connection takes over: the plan's own, or in the tail the tail floor."""
+        return self.piece // TAIL_DIVISOR if self.ctx.scheduler.in_tail else None
+
+    def unrequested(self) -> int:
+        """Bytes of this file that no request has asked for yet (for the scheduler's tail share)."""
+        plan = self.plan
+        return plan.unrequested() if plan is not None and self.layout == "segments" else 0
 
     def _max_connections(self, ranges: bool) -> int:
         return connections_for(self.size, ranges, self.ctx.options.segments, self.ctx.options.min_segment_size)
@@ -428,14 +448,15 @@ class Transfer:
         with self._lock:
             if self._closed or self.stopped() or self.plan is None:
                 return None
-            seg = self.plan.claim()
+            seg = self.plan.claim(self._steal_floor())
             if seg is not None and joining:
                 self._active += 1
             return seg
 
     def can_help(self) -> bool:
         """Whether another connection could take part of this file now (for the scheduler)."""
-        return not self._closed and not self.stopped() and self.plan is not None and self.plan.can_help()
+        return not self._closed and not self.stopped() and self.plan is not None and \
+            self.plan.can_help(self._steal_floor())
 
     def release(self, seg: Segment | None) -> None:
         if seg is not None and self.plan is not None and seg in self.plan.segments:

@@ -568,9 +568,9 @@ class PlanModel:
         self.owned: list[Segment] = []
         self.pending: dict[int, tuple[Segment, int, int]] = {}
 
-    def claim(self) -> None:
+    def claim(self, min_steal: int | None = None) -> None:
         active_before = self.plan.active
-        seg = self.plan.claim()
+        seg = self.plan.claim(min_steal)
         if seg is None:
             return
         assert seg.owned and seg not in self.owned
@@ -689,7 +689,7 @@ class TestSegmentPlan:
                                    max_size=80), label="steps")
         for op, index, length in steps:
             if op == "claim":
-                model.claim()
+                model.claim(length if index % 2 else None)  # the tail's smaller min_steal, or the plan's
             elif op.startswith("request"):
                 model.request(index, None if op == "request-all" else length)
             elif op == "reserve":
@@ -744,6 +744,16 @@ class TestSegmentPlan:
         plan.claim()
         assert not plan.can_help()
         assert plan.claim() is None
+
+    def test_in_the_tail_a_smaller_range_may_be_taken_over(self):
+        plan = SegmentPlan(1000, max_connections=4, min_steal=600)
+        first = plan.claim()
+        plan.request(first, 200)
+        assert plan.unrequested() == 800
+        assert plan.can_help(min_steal=100)
+        second = plan.claim(min_steal=100)
+        assert (second.pos, second.end) == (600, 1000) and first.end == 600
+        assert plan.unrequested() == 800  # first: 200-600, second: all of its own
 
     def test_reserve_stops_at_a_moved_end(self):
         plan = SegmentPlan(100, max_connections=2, min_steal=10)
@@ -953,6 +963,30 @@ class TestScheduler:
         sched = Scheduler(self.started_feed([Job("https://a/1")]), per_host=None, connections=1)
         sched.stop()
         assert sched.poll() is None
+
+    def test_the_tail_shares_what_is_left_among_all_connections(self):
+        class Open:  # a file in flight, as the scheduler sees it
+            host = "a"
+
+            def __init__(self, left):
+                self.left = left
+
+            def unrequested(self):
+                return self.left
+
+            def can_help(self):
+                return False
+
+        sched = Scheduler(self.started_feed([Job("https://a/1"), Job("https://a/2")]), per_host=None,
+                          connections=4)
+        assert isinstance(sched.poll(), Start)
+        sched.open_for_help(Open(1000))
+        sched.open_for_help(Open(3001))
+        assert not sched.in_tail and sched.tail_share() is None  # a file is still to start
+        assert isinstance(sched.poll(), Start)
+        assert sched.poll() is WAIT  # that poll saw the end of the input
+        assert sched.in_tail
+        assert sched.tail_share() == 1001  # 4001 bytes nobody asked for, over 4 connections
 
 
 # ======================================================================== config

@@ -186,9 +186,10 @@ class SegmentPlan:
     def active(self) -> int:
         return sum(1 for s in self.segments if s.owned)
 
-    def claim(self) -> Segment | None:
+    def claim(self, min_steal: int | None = None) -> Segment | None:
         """A range for one more connection, or None when it could not help (cap reached, nothing
-        left, or nothing large enough to split)."""
+        left, or nothing large enough to split). `min_steal` overrides the plan's own (smaller in
+        the tail of a batch, when idle connections have nothing else to do)."""
         with self._lock:
             if self.active >= self.max_connections:
                 return None
@@ -196,8 +197,9 @@ class SegmentPlan:
                 if not seg.owned and seg.remaining > 0:
                     seg.owned = True
                     return seg
-            victim = max((s for s in self.segments if s.owned), key=self._spare, default=None)
-            share = self._spare(victim) if victim is not None else 0
+            least = min_steal or self.min_steal
+            victim = max((s for s in self.segments if s.owned), key=lambda s: self._spare(s, least), default=None)
+            share = self._spare(victim, least) if victim is not None else 0
             if share == 0:
                 return None
             mid = victim.end - share
@@ -212,22 +214,29 @@ class SegmentPlan:
         with self._lock:
             self.segments.append(seg)
 
-    def can_help(self) -> bool:
+    def can_help(self, min_steal: int | None = None) -> bool:
         """Whether `claim` would give a range right now (a cheap look, for the scheduler)."""
+        least = min_steal or self.min_steal
         with self._lock:
             if self.active >= self.max_connections:
                 return False
-            return any((not s.owned and s.remaining) or (s.owned and self._spare(s)) for s in self.segments)
+            return any((not s.owned and s.remaining) or (s.owned and self._spare(s, least)) for s in self.segments)
 
-    def _spare(self, seg: Segment) -> int:
+    def unrequested(self) -> int:
+        """Bytes of the file no request has asked for yet."""
+        with self._lock:
+            return sum(s.unrequested for s in self.segments)
+
+    @staticmethod
+    def _spare(seg: Segment, min_steal: int) -> int:
         """How much of an owned segment another connection may take over: the far half of what it
         has not asked for yet when both halves get `min_steal`; or, while it is busy with a
         request, all it has not asked for when that is at least `min_steal`, so the last pieces
         of a file go to idle connections instead of queueing behind a busy one."""
         unrequested = seg.unrequested
-        if unrequested >= 2 * self.min_steal:
+        if unrequested >= 2 * min_steal:
             return unrequested // 2
-        if unrequested >= self.min_steal and seg.req_end > seg.cursor:
+        if unrequested >= min_steal and seg.req_end > seg.cursor:
             return unrequested
         return 0
 

@@ -12,6 +12,12 @@ Every engine runs `jobs` workers; a worker is one connection. Each time a worker
 
 So `--jobs` and `--per-host` count connections, segments included, and finishing files already
 started comes before starting new ones.
+
+The tail of a batch (every file started, only bytes of files in flight left) is where downloaders
+lose time: one connection still busy with a long request while the others idle. In the tail,
+`tail_share()` tells each request to ask for no more than its share of the bytes nobody has asked
+for yet (guided self-scheduling), and idle connections may take over smaller ranges, so the
+connections finish together.
 """
 from __future__ import annotations
 
@@ -168,6 +174,20 @@ class Scheduler:
         with self._lock:
             self._in_flight -= 1
         self.wake()
+
+    @property
+    def in_tail(self) -> bool:
+        """Whether no file is left to start (read without the lock: a stale answer costs nothing)."""
+        return self.feed.exhausted and not self._deferred
+
+    def tail_share(self) -> int | None:
+        """In the tail, the bytes of the files in flight that no request has asked for yet, divided
+        among all connections: the most one request should ask for. None before the tail. Lock
+        free, since `poll` calls into transfers under the lock."""
+        if not self.in_tail:
+            return None
+        left = sum(t.unrequested() for t in tuple(self._open))
+        return -(-left // max(1, self.connections))
 
     def stop(self) -> None:
         """Start nothing new; in-flight transfers see `stopping` and wind down."""
