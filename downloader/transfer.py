@@ -326,6 +326,11 @@ class Transfer:
         """Smallest range a connection takes over: the plan's own, or in the tail the tail floor."""
         return self.piece // TAIL_DIVISOR if self.ctx.scheduler.in_tail else None
 
+    def max_connections(self) -> int:
+        """How many connections this file may use at once (for the scheduler's tail share)."""
+        plan = self.plan
+        return plan.max_connections if plan is not None else 1
+
     def unrequested(self) -> int:
         """Bytes of this file that no request has asked for yet (for the scheduler's tail share)."""
         plan = self.plan

@@ -974,6 +974,9 @@ class TestScheduler:
             def unrequested(self):
                 return self.left
 
+            def max_connections(self):
+                return 3
+
             def can_help(self):
                 return False
 
@@ -987,6 +990,8 @@ class TestScheduler:
         assert sched.poll() is WAIT  # that poll saw the end of the input
         assert sched.in_tail
         assert sched.tail_share() == 1001  # 4001 bytes nobody asked for, over 4 connections
+        sched.close_for_help(sched._open[0])
+        assert sched.tail_share() == 1001  # 3001 bytes, over the 3 connections that file may use
 
 
 # ======================================================================== config

@@ -182,12 +182,15 @@ class Scheduler:
 
     def tail_share(self) -> int | None:
         """In the tail, the bytes of the files in flight that no request has asked for yet, divided
-        among all connections: the most one request should ask for. None before the tail. Lock
+        among the connections that may work on them: the most one request should ask for. None before the tail. Lock
         free, since `poll` calls into transfers under the lock."""
         if not self.in_tail:
             return None
-        left = sum(t.unrequested() for t in tuple(self._open))
-        return -(-left // max(1, self.connections))
+        flying = tuple(self._open)
+        left = sum(t.unrequested() for t in flying)
+        # connections that can work on them: a file takes no more than its --segments
+        usable = min(self.connections, sum(t.max_connections() for t in flying))
+        return -(-left // max(1, usable))
 
     def stop(self) -> None:
         """Start nothing new; in-flight transfers see `stopping` and wind down."""
