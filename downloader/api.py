@@ -30,6 +30,7 @@ from typing import Iterable, Iterator
 
 from .config import Options
 from .core.digests import parse_checksum, parse_sums_line
+from .core.proxies import Proxies
 from .core.ratelimit import TokenBucket
 from .core.redirects import redact
 from .core.results import FAILED, OK, Result, Results
@@ -108,7 +109,7 @@ class Downloader:
     def run(self) -> Results:
         """Download everything enqueued so far; returns the batch's Results."""
         opts = self.options
-        sums, post_tasks = self._check()
+        sums, post_tasks, proxies = self._check()
         try:
             index = Index(opts.dest)
         except DiskError as exc:
@@ -128,7 +129,7 @@ class Downloader:
                       policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),
                       rng=random.Random(opts.seed),
                       limiter=TokenBucket(opts.max_speed) if opts.max_speed else None, sums=sums,
-                      want_sha256=opts.manifest is not None,
+                      want_sha256=opts.manifest is not None, proxies=proxies,
                       signal_handler=self._on_signal)
         ctx.post_submit = post.submit if post else recorder.record
         ctx.post_submit_async = post.submit_async if post else _as_async(recorder.record)
@@ -156,10 +157,13 @@ class Downloader:
             raise UsageError(f"reading the URL list failed: {feed.error}")
         return results
 
-    def _check(self) -> tuple[dict, tuple]:
+    def _check(self) -> tuple[dict, tuple, Proxies]:
         """Everything about the options that can be wrong, found before anything is opened:
-        returns the --sums digests and the parsed --post tasks."""
+        returns the --sums digests, the parsed --post tasks and the proxy settings."""
         opts = self.options
+        proxies = Proxies()
+        if proxies.problem():
+            raise UsageError(proxies.problem())
         try:
             opts.dest.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -179,7 +183,7 @@ class Downloader:
                 post_tasks = tuple(parse_post_spec(spec) for spec in opts.post)
             except ValueError as exc:
                 raise UsageError(f"--post: {exc}") from exc
-        return (_read_sums(opts.sums_file) if opts.sums_file else {}), post_tasks
+        return (_read_sums(opts.sums_file) if opts.sums_file else {}), post_tasks, proxies
 
     def retry_failed(self) -> Results:
         """Run again the URLs that failed in the last run (resuming what they left on disk)."""

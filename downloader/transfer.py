@@ -29,6 +29,7 @@ from typing import Awaitable, Callable
 from .config import Options
 from .core.digests import Expected, parse_checksum, server_digests
 from .core.naming import relative_target
+from .core.proxies import Proxies
 from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
                           judge, length_disagrees, parse_content_range, range_header)
 from .core.redirects import headers_for, next_hop, redact, split_userinfo
@@ -73,6 +74,8 @@ class Context:
     """Where a finished job's Result goes (the post stage, then the report); engines call it."""
     post_submit_async: Callable[[Result], Awaitable[None]] | None = None
     """The same for the async engine, waiting without blocking the loop."""
+    proxies: Proxies = field(default_factory=Proxies)
+    """Which proxy each request goes through (read from the environment once per batch)."""
     signal_handler: Callable | None = None
     """What SIGINT and SIGTERM call. The API installs it for the whole batch; the async engine
     also hands it to its event loop, so a signal wakes the loop at once."""

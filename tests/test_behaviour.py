@@ -306,3 +306,27 @@ def test_an_explicit_out_name_wins_over_an_earlier_download_of_the_url(fetch, ur
     assert results.counts["ok"] == 1
     assert read(tmp_path / "out/data/renamed.bin") == gen_bytes(100)
     assert (tmp_path / "out/plain.bin").exists()
+
+
+def test_http_proxy_from_the_environment_carries_every_request(fetch, server, monkeypatch, tmp_path):
+    # the mock server answers absolute-form requests, so it serves as a forward proxy; the host
+    # below does not resolve, so the file only arrives through the proxy
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    host, port = server.url.split("//")[1].split(":")
+    monkeypatch.setenv("http_proxy", f"http://someone:s3cret@{host}:{port}")
+    far = f"http://far.invalid/gen/proxied.bin?size=300000&u={id(tmp_path)}"
+    results = fetch([far, "http://far.invalid/echo-headers"], segments=2, min_segment_size="64K")
+    assert results.counts["ok"] == 2, results.failures
+    assert read(tmp_path / "out/proxied.bin") == gen_bytes(300_000)
+    assert server.stats()[far.split("?")[0] + "?" + far.split("?")[1]]["gets"] >= 2  # segments, all proxied
+    seen = {k.lower(): v for k, v in json.loads(read(tmp_path / "out/echo-headers")).items()}
+    assert seen["proxy-authorization"] == "Basic c29tZW9uZTpzM2NyZXQ="  # someone:s3cret
+
+
+def test_no_proxy_goes_direct(fetch, url, monkeypatch, tmp_path):
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.0/8")
+    results = fetch([url("/gen/direct.bin", size=1000)])
+    assert results.counts["ok"] == 1, results.failures
+    assert read(tmp_path / "out/direct.bin") == gen_bytes(1000)

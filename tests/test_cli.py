@@ -106,6 +106,16 @@ def test_usage_errors_exit_2_with_one_clear_line(args, needle, url, tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_an_unusable_proxy_variable_is_a_usage_error(url, tmp_path, monkeypatch):
+    monkeypatch.setenv("all_proxy", "socks5://me:pw@127.0.0.1:1080")
+    proc = run_cli("get", url("/gen/u.bin", size=1), "-d", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "downloader: all_proxy='socks5://me:***@127.0.0.1:1080': only http:// proxies are supported "
+        "(https:// URLs go through them with CONNECT)"]
+    assert not list(tmp_path.iterdir())  # nothing opened
+
+
 def test_help_lists_exit_codes():
     proc = run_cli("get", "--help")
     assert proc.returncode == 0

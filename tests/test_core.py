@@ -994,6 +994,40 @@ class TestScheduler:
         assert sched.tail_share() == 1001  # 3001 bytes, over the 3 connections that file may use
 
 
+class TestProxies:
+    def test_scheme_variables_then_all_proxy_lower_case_first(self):
+        from downloader.core.proxies import Proxies
+        proxies = Proxies({"HTTP_PROXY": "http://upper:1", "http_proxy": "lower:2", "ALL_PROXY": "http://all:3"})
+        assert proxies.for_url("http://a.example/x") == "http://lower:2"  # host:port means http://
+        assert proxies.for_url("https://a.example/x") == "http://all:3"
+        assert Proxies({}).for_url("http://a.example/x") is None
+
+    def test_cgi_ignores_the_http_proxy_header_variable(self):
+        from downloader.core.proxies import Proxies
+        assert Proxies({"HTTP_PROXY": "http://evil:1", "REQUEST_METHOD": "GET"}).for_url("http://a/") is None
+
+    @pytest.mark.parametrize("url, direct", [
+        ("http://localhost/x", True), ("http://intra.example/x", True), ("http://a.intra.example/x", True),
+        ("http://notintra.example/x", False), ("http://10.2.3.4/x", True), ("http://11.2.3.4/x", False),
+        ("http://h.example:81/x", True), ("http://h.example:82/x", False), ("http://[::1]/x", True),
+    ])
+    def test_no_proxy_names_suffixes_ports_and_networks(self, url, direct):
+        from downloader.core.proxies import Proxies
+        proxies = Proxies({"http_proxy": "http://p:3128",
+                           "no_proxy": "localhost, .intra.example,10.0.0.0/8,h.example:81,::1"})
+        assert (proxies.for_url(url) is None) == direct
+
+    def test_no_proxy_star_bypasses_everything(self):
+        from downloader.core.proxies import Proxies
+        assert Proxies({"http_proxy": "http://p:1", "NO_PROXY": "*"}).for_url("http://a/") is None
+
+    def test_only_http_proxies_are_accepted_and_the_message_hides_the_password(self):
+        from downloader.core.proxies import Proxies
+        assert Proxies({"https_proxy": "http://p:1"}).problem() is None
+        problem = Proxies({"all_proxy": "socks5://user:pw@s:1080"}).problem()
+        assert problem.startswith("all_proxy='socks5://user:***@s:1080': only http:// proxies")
+
+
 # ======================================================================== config
 class TestConfig:
     @pytest.mark.parametrize("value, size", [

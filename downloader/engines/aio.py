@@ -12,7 +12,7 @@ import signal
 
 import aiohttp
 
-from ..core.redirects import REDIRECT_STATUSES
+from ..core.redirects import REDIRECT_STATUSES, split_userinfo
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
 from ..errors import IncompleteBody, StallError, TransferError
@@ -58,7 +58,9 @@ async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: 
     hops = 0
     while True:
         try:
-            resp = await session.get(url, headers=headers, allow_redirects=False)
+            proxy, sent, proxy_headers = _through_proxy(ctx.proxies.for_url(url), url, headers)
+            resp = await session.get(url, headers=sent, allow_redirects=False, proxy=proxy,
+                                     proxy_headers=proxy_headers)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise translate(exc) from exc
         if resp.status not in REDIRECT_STATUSES:
@@ -66,6 +68,21 @@ async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: 
         resp.release()
         url, headers = t.follow(url, resp.status, resp.headers.get("Location"), hops, headers)
         hops += 1
+
+
+def _through_proxy(proxy: str | None, url: str, headers: list):
+    """(proxy URL, request headers, CONNECT headers) for aiohttp: proxy credentials become a
+    Proxy-Authorization header, which aiohttp sends on CONNECT only when given as proxy_headers,
+    so a plain http:// request carries it itself (requests does both from the proxy URL)."""
+    if proxy is None:
+        return None, headers, None
+    bare, auth = split_userinfo(proxy)
+    if not auth:
+        return bare, headers, None
+    credentials = [("Proxy-Authorization", auth[0][1])]
+    if url.lower().startswith("https:"):
+        return bare, headers, dict(credentials)
+    return bare, headers + credentials, None
 
 
 async def read_body_async(resp, chunk_size: int):

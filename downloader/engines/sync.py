@@ -53,6 +53,7 @@ def new_session(ctx: Context) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.pop("Accept-Encoding", None)
+    session.trust_env = False  # proxies come from core.proxies, read once per batch
     return session
 
 
@@ -62,7 +63,9 @@ def open_response(session: requests.Session, t: Transfer, url: str, headers: lis
     hops = 0
     while True:
         try:
-            resp = session.get(url, headers=dict(headers), stream=True, allow_redirects=False, timeout=timeout)
+            proxy = ctx.proxies.for_url(url)
+            resp = session.get(url, headers=dict(headers), stream=True, allow_redirects=False, timeout=timeout,
+                               proxies={"http": proxy, "https": proxy} if proxy else None)
         except requests.RequestException as exc:
             raise translate(exc) from exc
         if resp.status_code not in REDIRECT_STATUSES:
