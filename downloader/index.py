@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.naming import STATE_DIR, disambiguate
+from .core.redirects import redact
 from .errors import DiskError
 
 _SCHEMA = """
@@ -38,7 +39,8 @@ class Entry:
 
 
 class Index:
-    """Name claims and completion records for one output folder. Thread-safe."""
+    """Name claims and completion records for one output folder. Thread-safe. URLs are kept with
+    any password masked (`core.redirects.redact`): the folder may be shared, the password not."""
 
     def __init__(self, dest: Path) -> None:
         folder = dest / STATE_DIR
@@ -61,7 +63,7 @@ class Index:
         try:
             with self._lock:
                 row = self._db.execute("SELECT name, complete, size, sha256 FROM files WHERE url=?",
-                                       (url,)).fetchone()
+                                       (redact(url),)).fetchone()
         except sqlite3.Error:
             return None
         return Entry(row[0], bool(row[1]), row[2], row[3]) if row else None
@@ -78,7 +80,7 @@ class Index:
         name gives it up (its Content-Disposition said otherwise)."""
         try:
             with self._lock:
-                return self._claim(url, name)
+                return self._claim(redact(url), name)
         except sqlite3.Error as exc:
             raise DiskError(f"cannot record file names in {self.path}: {exc}",
                             disk_full="full" in str(exc)) from exc
@@ -102,7 +104,7 @@ class Index:
         """Record a complete file. Records are written in batches (a crash that loses the last few
         costs nothing: a file under its final name counts as complete anyway)."""
         with self._lock:
-            self._pending.append((size, sha256, url))
+            self._pending.append((size, sha256, redact(url)))
             if len(self._pending) >= 256:
                 self._flush()
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from .core.naming import PART_SUFFIX, STATE_SUFFIX
 from .core.ranges import Validator
+from .core.redirects import redact
 from .errors import DiskError
 
 STATE_INTERVAL = 1.0
@@ -96,7 +97,7 @@ class PartFile:
             part_size = self.part.stat().st_size
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("url") != url:
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("url") != redact(url):
             return None
         try:
             size, layout = data.get("size"), data.get("layout")
@@ -158,7 +159,7 @@ class PartFile:
         self._last_save = now
         if layout == "segments" and self._fd is not None:
             self._guard(os.fdatasync, self._fd)
-        data = {"version": STATE_VERSION, "url": url, "size": size, "validator": validator.to_json(),
+        data = {"version": STATE_VERSION, "url": redact(url), "size": size, "validator": validator.to_json(),
                 "layout": layout, "missing": [list(r) for r in missing]}
         tmp = self.state.with_name(self.state.name + ".tmp")
         try:

@@ -330,3 +330,20 @@ def test_no_proxy_goes_direct(fetch, url, monkeypatch, tmp_path):
     results = fetch([url("/gen/direct.bin", size=1000)])
     assert results.counts["ok"] == 1, results.failures
     assert read(tmp_path / "out/direct.bin") == gen_bytes(1000)
+
+
+def test_passwords_in_urls_never_reach_the_disk_and_resume_still_works(fetch, url, stats, tmp_path):
+    u = url("/gen/secret.bin", size=1_500_000, fault="truncate", times=1, at=600_000)
+    with_password = u.replace("http://", "http://someone:pw-s3cret-42@")
+    first = fetch([with_password], retries=0, segments=1)
+    assert first.counts["failed"] == 1
+    assert (tmp_path / "out/secret.bin.part.state").exists()
+    second = fetch([with_password], retries=0, segments=1)
+    assert second.counts["ok"] == 1, second.failures
+    assert read(tmp_path / "out/secret.bin") == gen_bytes(1_500_000)
+    assert stats(u)["bytes_sent"] < 1_500_000 + 600_000  # the second run resumed, not restarted
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert b"pw-s3cret-42" not in path.read_bytes(), path
+    third = fetch([with_password])
+    assert third.counts["skipped"] == 1  # the index still knows the URL
