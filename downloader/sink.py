@@ -308,6 +308,73 @@ class StreamHasher:
             self._thread = self._queue = None
 
 
+class PrefixHasher:
+    """Digests of a file downloaded in pieces, computed while it downloads.
+
+    A segmented file arrives out of order, so its bytes cannot be hashed as they stream in; but
+    connections take pieces in file order (core.ranges.SegmentPlan), so the bytes on disk are a
+    prefix of the file with a few pieces missing. `advance(n)` says the first `n` bytes are on
+    disk; a thread of its own reads them back (from the page cache, just written) and hashes them,
+    so at the end only about a piece per connection is left to hash, not the whole file.
+    """
+
+    def __init__(self, path: Path, algorithms, start_at: int = 0, block: int = 1 << 20) -> None:
+        self.path = path
+        self.hasher = StreamHasher(algorithms, threaded=False)
+        self.block = block
+        self.error: OSError | None = None
+        self._ready = start_at
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="prefix-hasher", daemon=True)
+        self._thread.start()
+
+    def advance(self, prefix: int) -> None:
+        """The first `prefix` bytes of the file are on disk."""
+        with self._cond:
+            if prefix > self._ready:
+                self._ready = prefix
+                self._cond.notify()
+
+    def _run(self) -> None:
+        try:
+            with open(self.path, "rb", buffering=0) as fh:
+                while True:
+                    with self._cond:
+                        while self.hasher.fed >= self._ready and not self._closed:
+                            self._cond.wait()
+                        ready, closed = self._ready, self._closed
+                    while self.hasher.fed < ready:
+                        data = os.pread(fh.fileno(), min(self.block, ready - self.hasher.fed), self.hasher.fed)
+                        if not data:
+                            raise OSError(f"{self.path} is shorter than {ready:,} bytes")
+                        self.hasher.update(data)
+                    if closed:
+                        return
+        except OSError as exc:
+            self.error = exc
+
+    def finish(self, size: int) -> dict[str, str] | None:
+        """Digests of the whole file once all `size` bytes are on disk; None if it could not
+        read them (the caller then reads the file itself)."""
+        self.advance(size)
+        self._stop()
+        if self.error is not None or self.hasher.fed != size:
+            return None
+        return self.hasher.hexdigests()
+
+    def abandon(self) -> None:
+        with self._cond:
+            self._ready = self.hasher.fed  # nothing more to read
+        self._stop()
+
+    def _stop(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._thread.join()
+
+
 def file_digests(path: Path, algorithms, *, hasher: StreamHasher | None = None, end: int | None = None,
                  finish: bool = True, block: int = 1 << 20) -> dict[str, str] | None:
     """Digests of a file on disk (a segmented download), or, with `hasher` and `finish=False`, feed

@@ -39,10 +39,8 @@ from .core.schedule import Scheduler
 from .core.sources import Job
 from .errors import ChecksumMismatch, DiskError, HTTPStatusError, IncompleteBody, RedirectError, TransferError
 from .index import Index
-from .sink import PartFile, StreamHasher, WriteBehind, file_digests
+from .sink import PartFile, PrefixHasher, StreamHasher, WriteBehind, file_digests
 
-MIN_STEAL = 1 << 20
-"""Smallest half a connection takes over from another at the tail of a file."""
 WRITE_BEHIND_AFTER = 4 << 20
 """Files at least this large are written by a thread of their own (sink.WriteBehind)."""
 PIECE_RANGE = (256 << 10, 16 << 20)
@@ -115,6 +113,9 @@ class Transfer:
         self.plan: SegmentPlan | None = None
         self.layout = "stream"
         self.hasher: StreamHasher | None = None
+        """Digests of a one-stream file, fed as its bytes stream in."""
+        self.prefix_hasher: PrefixHasher | None = None
+        """Digests of a segmented file, following its on-disk prefix."""
         self.writer: WriteBehind | None = None
         self.expected: list[Expected] = []
         self.requests = 0
@@ -129,6 +130,7 @@ class Transfer:
         self._closed = False
         self._lock = threading.Lock()
         self._bar_open = False
+        self._sized = False
 
     # ---------------------------------------------------------------- before the first request
     @property
@@ -182,11 +184,12 @@ class Transfer:
             self.plan = SegmentPlan(saved.size or UNKNOWN_END, [(have, saved.size or UNKNOWN_END)])
             self._start_hasher(prefix=have)
         else:
-            self.plan = SegmentPlan(saved.size, saved.missing, max_connections=self._max_connections(True),
-                                    min_steal=self._min_steal())
+            self.plan = SegmentPlan(saved.size, saved.missing, max_connections=self._max_connections(True))
+            self._start_prefix_hasher()
         self._open_bar()
+        self._now_sized()
         self.ctx.reporter.file_progress(self, self.plan.fetched())
-        first = self.plan.claim()
+        first = self.plan.claim(self._next_piece() if saved.layout == "segments" else None)
         if saved.layout == "segments":
             self.ctx.scheduler.open_for_help(self)
         return first
@@ -224,7 +227,7 @@ class Transfer:
             if opts.segments > 1:
                 headers.append(("Range", range_header(0, self.piece)))
         else:
-            req_end = self.plan.request(seg, self._next_piece() if self.layout == "segments" else None)
+            req_end = self.plan.request(seg, self.piece if self.layout == "segments" else None)
             headers.append(("Range", range_header(seg.cursor, None if req_end >= self.plan.size else req_end)))
             headers.append(("If-Range", self.validator.if_range()))
         names = {k.lower() for k, _ in user}
@@ -282,16 +285,23 @@ class Transfer:
         whole = status == 200 or (ranged_end is not None and ranged_end == size)
         self.expected = self._static_digests() + server_digests(200 if whole else status, headers)
         self.part.open(fresh=True)
-        seg.end = self.size if self.size is not None else UNKNOWN_END
+        total = self.size if self.size is not None else UNKNOWN_END
+        seg.end = total
         seg.req_end = ranged_end if ranged_end is not None else seg.end
-        self.plan = SegmentPlan(seg.end, [], max_connections=connections, min_steal=self._min_steal())
+        # the rest of a file to share out is up for claims, in pieces, from the first byte after
+        # what this response carries; a one-stream file stays all this connection's
+        if connections > 1 and ranged_end is not None and ranged_end < total:
+            seg.end = ranged_end
+        self.plan = SegmentPlan(total, [(seg.end, total)], max_connections=connections)
         self.plan.add(seg)
+        self._now_sized()
         if status == 416:
             return False
         if self.layout == "stream":
             self._start_hasher(prefix=0)
         else:
             self._save_state()
+            self._start_prefix_hasher()
         self._open_bar()
         if connections > 1:
             self.ctx.scheduler.open_for_help(self)
@@ -325,10 +335,6 @@ class Transfer:
         share = self.ctx.scheduler.tail_share()
         return piece if share is None else max(piece // TAIL_DIVISOR, min(piece, share))
 
-    def _steal_floor(self) -> int | None:
-        """Smallest range a connection takes over: the plan's own, or in the tail the tail floor."""
-        return self.piece // TAIL_DIVISOR if self.ctx.scheduler.in_tail else None
-
     def max_connections(self) -> int:
         """How many connections this file may use at once (for the scheduler's tail share)."""
         plan = self.plan
@@ -342,9 +348,6 @@ class Transfer:
     def _max_connections(self, ranges: bool) -> int:
         return connections_for(self.size, ranges, self.ctx.options.segments, self.ctx.options.min_segment_size)
 
-    def _min_steal(self) -> int:
-        return min(self.ctx.options.min_segment_size, MIN_STEAL)
-
     def _start_hasher(self, prefix: int) -> None:
         algorithms = self._algorithms()
         if not algorithms:
@@ -353,6 +356,20 @@ class Transfer:
         self.hasher = StreamHasher(algorithms, threaded=not self.ctx.write_behind)
         if prefix:
             file_digests(self.part.part, algorithms, hasher=self.hasher, end=prefix, finish=False)
+
+    def _start_prefix_hasher(self) -> None:
+        algorithms = self._algorithms()
+        self._drop_hashers()
+        if algorithms:
+            self.prefix_hasher = PrefixHasher(self.part.part, algorithms)
+            self.prefix_hasher.advance(self.plan.prefix())
+
+    def _drop_hashers(self) -> None:
+        """Stop digesting: the bytes will not become this file (start over, give up, stop)."""
+        for hasher in (self.hasher, self.prefix_hasher):
+            if hasher is not None:
+                hasher.abandon()
+        self.hasher = self.prefix_hasher = None
 
     def _algorithms(self) -> set[str]:
         algorithms = {e.algorithm for e in self.expected}
@@ -367,9 +384,7 @@ class Transfer:
         self.plan = None
         seg.pos = seg.cursor = 0
         seg.end = UNKNOWN_END
-        if self.hasher:
-            self.hasher.abandon()
-            self.hasher = None
+        self._drop_hashers()
 
     # ---------------------------------------------------------------- bodies
     def write(self, seg: Segment, data) -> float | None:
@@ -408,6 +423,8 @@ class Transfer:
         self.plan.written(seg, n)
         if self.layout == "segments":
             self._save_state(force=False)
+            if self.prefix_hasher is not None:
+                self.prefix_hasher.advance(self.plan.prefix())
 
     def _drain_writer(self) -> None:
         """Wait for queued chunks to be written; a write error becomes the file's error."""
@@ -456,15 +473,14 @@ class Transfer:
         with self._lock:
             if self._closed or self.stopped() or self.plan is None:
                 return None
-            seg = self.plan.claim(self._steal_floor())
+            seg = self.plan.claim(self._next_piece() if self.layout == "segments" else None)
             if seg is not None and joining:
                 self._active += 1
             return seg
 
     def can_help(self) -> bool:
         """Whether another connection could take part of this file now (for the scheduler)."""
-        return not self._closed and not self.stopped() and self.plan is not None and \
-            self.plan.can_help(self._steal_floor())
+        return not self._closed and not self.stopped() and self.plan is not None and self.plan.can_help()
 
     def release(self, seg: Segment | None) -> None:
         if seg is not None and self.plan is not None and seg in self.plan.segments:
@@ -528,13 +544,14 @@ class Transfer:
         algorithms = self._algorithms()
         if not algorithms:
             return {}
+        digests = None
         if self.hasher is not None and self.hasher.fed == self.size:
-            digests = self.hasher.hexdigests()
-        else:
-            if self.hasher is not None:
-                self.hasher.abandon()
+            digests, self.hasher = self.hasher.hexdigests(), None
+        elif self.prefix_hasher is not None:
+            digests, self.prefix_hasher = self.prefix_hasher.finish(self.size), None
+        self._drop_hashers()
+        if digests is None:  # no hasher followed the whole file (resumed from elsewhere, a read error)
             digests = file_digests(self.part.part, algorithms)
-        self.hasher = None
         for expected in self.expected:
             actual = digests[expected.algorithm]
             if actual != expected.hexdigest:
@@ -546,9 +563,7 @@ class Transfer:
         if self.restarts > self.ctx.options.retries:
             return self._give_up(TransferError(f"gave up after {self.restarts} restarts: {reason}"))
         self.ctx.reporter.info(f"{redact(self.job.url)}: {reason}; starting it again from zero")
-        if self.hasher is not None:
-            self.hasher.abandon()
-            self.hasher = None
+        self._drop_hashers()
         self.ctx.reporter.file_restarted(self)
         self.restart_reason = None
         self.validator = Validator()
@@ -564,9 +579,7 @@ class Transfer:
     def _park(self) -> None:
         """Leave `.part` and state for the next run, unless nothing was written."""
         self._drain_writer()
-        if self.hasher is not None:
-            self.hasher.abandon()
-            self.hasher = None
+        self._drop_hashers()
         if self.part is None:
             return
         try:
@@ -582,6 +595,12 @@ class Transfer:
         missing = self.plan.missing() if self.layout == "segments" else [(self.plan.fetched(), self.size)]
         self.part.save_state(self.job.url, self.size, self.validator, self.layout, missing, force=force)
 
+    def _now_sized(self) -> None:
+        """Tell the scheduler this file's size is known (its tail share counts it from now)."""
+        if not self._sized:
+            self._sized = True
+            self.ctx.scheduler.sized()
+
     def _open_bar(self) -> None:
         if not self._bar_open:
             self._bar_open = True
@@ -589,6 +608,7 @@ class Transfer:
 
     def _result(self, status: str, *, size: int | None = None, sha256: str | None = None,
                 error: str | None = None) -> Result:
+        self._now_sized()
         path = str(self.dest / self.name) if self.name else None
         result = Result(url=self.job.url, status=status, path=path, http_status=self.http_status,
                         bytes=self.received, size=size, sha256=sha256, attempts=self.requests,

@@ -568,13 +568,17 @@ class PlanModel:
         self.owned: list[Segment] = []
         self.pending: dict[int, tuple[Segment, int, int]] = {}
 
-    def claim(self, min_steal: int | None = None) -> None:
+    def claim(self, piece: int | None = None) -> None:
         active_before = self.plan.active
-        seg = self.plan.claim(min_steal)
+        lowest = min((s.cursor for s in self.plan.segments if not s.owned and s.remaining), default=None)
+        seg = self.plan.claim(piece)
         if seg is None:
+            assert lowest is None or active_before >= self.plan.max_connections
             return
         assert seg.owned and seg not in self.owned
         assert active_before < self.plan.max_connections
+        assert seg.pos == seg.cursor == lowest, "pieces go out in file order"
+        assert piece is None or seg.end - seg.pos <= piece
         self.owned.append(seg)
 
     def request(self, index: int, piece: int | None) -> None:
@@ -664,24 +668,30 @@ class PlanModel:
 
 class TestSegmentPlan:
     @FAST
-    @given(size=st.integers(0, 1500), max_connections=st.integers(1, 6), min_steal=st.integers(1, 200),
-           start=st.sampled_from(["whole", "first-response", "resumed"]), data=st.data())
-    def test_any_interleaving_writes_every_byte_exactly_once(self, size, max_connections, min_steal, start, data):
+    @given(size=st.integers(0, 1500), max_connections=st.integers(1, 6),
+           start=st.sampled_from(["whole", "first-response", "one-stream", "resumed"]), data=st.data())
+    def test_any_interleaving_writes_every_byte_exactly_once(self, size, max_connections, start, data):
         counts = bytearray(size)
+        first = None
         if start == "resumed":
             cuts = sorted(data.draw(st.lists(st.integers(0, size), max_size=8), label="cuts"))
             missing = [(a, b) for a, b in zip(cuts[::2], cuts[1::2])]
             for i in range(size):
                 counts[i] = 0 if any(a <= i < b for a, b in missing) else 1
-            plan = SegmentPlan(size, missing, max_connections=max_connections, min_steal=min_steal)
+            plan = SegmentPlan(size, missing, max_connections=max_connections)
+        elif start == "whole":
+            plan = SegmentPlan(size, max_connections=max_connections)
         else:
-            plan = SegmentPlan(size, [] if start == "first-response" else None,
-                               max_connections=max_connections, min_steal=min_steal)
-        model = PlanModel(plan, counts)
-        if start == "first-response" and size:
-            first = Segment(0, size, owned=True)
-            first.req_end = data.draw(st.integers(0, size), label="first request end")
+            # as Transfer does with the first response: it carries [0, cut); a segmented file's
+            # rest is up for claims, a one-stream file's stays with that connection
+            cut = data.draw(st.integers(0, size), label="first response end")
+            end = size if start == "one-stream" else cut
+            plan = SegmentPlan(size, [(end, size)], max_connections=max_connections)
+            first = Segment(0, end, owned=True)
+            first.req_end = cut
             plan.add(first)
+        model = PlanModel(plan, counts)
+        if first is not None:
             model.owned.append(first)
         model.check()
         ops = ["claim", "request", "request-all", "reserve", "write", "release", "fail"]
@@ -689,7 +699,7 @@ class TestSegmentPlan:
                                    max_size=80), label="steps")
         for op, index, length in steps:
             if op == "claim":
-                model.claim(length if index % 2 else None)  # the tail's smaller min_steal, or the plan's
+                model.claim(length if index % 2 else None)  # a piece, or all of the lowest range
             elif op.startswith("request"):
                 model.request(index, None if op == "request-all" else length)
             elif op == "reserve":
@@ -708,29 +718,46 @@ class TestSegmentPlan:
         assert all(c == 1 for c in counts)
         assert plan.fetched() == size
 
-    def test_a_second_connection_takes_the_far_half(self):
-        plan = SegmentPlan(1000, max_connections=3, min_steal=100)
-        first = plan.claim()
-        assert (first.pos, first.end) == (0, 1000)
-        second = plan.claim()
-        assert (second.pos, second.end) == (500, 1000) and first.end == 500
-        third = plan.claim()
-        assert (third.pos, third.end) == (250, 500) and first.end == 250
-        assert plan.claim() is None  # cap reached
+    def test_connections_take_pieces_in_file_order(self):
+        plan = SegmentPlan(1000, max_connections=3)
+        first, second, third = plan.claim(300), plan.claim(300), plan.claim(300)
+        assert [(s.pos, s.end) for s in (first, second, third)] == [(0, 300), (300, 600), (600, 900)]
+        assert plan.claim(300) is None  # cap reached
+        plan.release(second)  # nothing of it arrived: its bytes are the lowest again
+        again = plan.claim(100)
+        assert (again.pos, again.end) == (300, 400)
+        for seg in (first, third, again):
+            plan.request(seg, None)
+        assert plan.unrequested() == 1000 - 300 - 300 - 100
 
-    def test_bytes_already_asked_for_are_never_taken_over(self):
-        plan = SegmentPlan(1000, max_connections=2, min_steal=100)
-        first = plan.claim()
-        assert plan.request(first, 600) == 600
-        second = plan.claim()
-        assert (second.pos, second.end) == (800, 1000) and first.end == 800
-        assert first.req_end == 600
+    def test_a_finished_connection_takes_the_next_piece(self):
+        plan = SegmentPlan(1000, max_connections=2)
+        first, second = plan.claim(400), plan.claim(400)
+        for seg in (first, second):
+            plan.request(seg, None)
+            plan.written(seg, plan.reserve(seg, 400)[1])
+        plan.release(second)
+        assert plan.prefix() == 800 and plan.missing() == [(800, 1000)]
+        third = plan.claim(400)
+        assert (third.pos, third.end) == (800, 1000)
 
-    def test_a_request_for_the_whole_rest_leaves_nothing_to_share(self):
-        plan = SegmentPlan(1000, max_connections=2, min_steal=10)
-        first = plan.claim()
+    def test_bytes_asked_for_are_never_handed_out_again(self):
+        plan = SegmentPlan(1000, max_connections=2)
+        first = plan.claim()  # the whole file, as a one-stream download asks for it
         assert plan.request(first, None) == 1000
         assert not plan.can_help() and plan.claim() is None
+
+    def test_a_failed_piece_keeps_its_queued_bytes_and_frees_the_rest(self):
+        plan = SegmentPlan(1000, max_connections=2)
+        seg = plan.claim(500)
+        plan.request(seg, None)
+        assert plan.reserve(seg, 200) == (0, 200)  # queued for the disk, not written yet
+        plan.release(seg)  # the connection broke
+        again = plan.claim(500)
+        assert (again.pos, again.end) == (200, 500)
+        assert plan.missing() == [(0, 200), (200, 500), (500, 1000)]
+        plan.written(seg, 200)
+        assert plan.prefix() == 200
 
     def test_reserve_stops_at_the_end_of_the_request(self):
         plan = SegmentPlan(100)
@@ -738,31 +765,6 @@ class TestSegmentPlan:
         assert plan.reserve(seg, 10) == (0, 0)  # nothing asked for yet
         plan.request(seg, 30)
         assert plan.reserve(seg, 50) == (0, 30)
-
-    def test_no_split_below_twice_min_steal(self):
-        plan = SegmentPlan(1000, max_connections=4, min_steal=600)
-        plan.claim()
-        assert not plan.can_help()
-        assert plan.claim() is None
-
-    def test_in_the_tail_a_smaller_range_may_be_taken_over(self):
-        plan = SegmentPlan(1000, max_connections=4, min_steal=600)
-        first = plan.claim()
-        plan.request(first, 200)
-        assert plan.unrequested() == 800
-        assert plan.can_help(min_steal=100)
-        second = plan.claim(min_steal=100)
-        assert (second.pos, second.end) == (600, 1000) and first.end == 600
-        assert plan.unrequested() == 800  # first: 200-600, second: all of its own
-
-    def test_reserve_stops_at_a_moved_end(self):
-        plan = SegmentPlan(100, max_connections=2, min_steal=10)
-        first = plan.claim()
-        plan.claim()
-        plan.request(first, None)
-        assert plan.reserve(first, 80) == (0, 50)
-        plan.written(first, 50)
-        assert plan.reserve(first, 10) == (50, 0)
 
     def test_resumed_plan_counts_what_is_on_disk(self):
         plan = SegmentPlan(1000, [(100, 200), (900, 1000)])
@@ -989,6 +991,9 @@ class TestScheduler:
         assert isinstance(sched.poll(), Start)
         assert sched.poll() is WAIT  # that poll saw the end of the input
         assert sched.in_tail
+        sched.sized()
+        assert sched.tail_share() is None  # a started file's size is still unknown
+        sched.sized()
         assert sched.tail_share() == 1001  # 4001 bytes nobody asked for, over 4 connections
         sched.close_for_help(sched._open[0])
         assert sched.tail_share() == 1001  # 3001 bytes, over the 3 connections that file may use
@@ -1384,6 +1389,31 @@ class TestStreamHasher:
         assert len(hashers()) == 1
         hasher.abandon()
         assert hashers() == []
+
+    def test_prefix_hasher_follows_the_bytes_on_disk(self, tmp_path):
+        from downloader.sink import PrefixHasher
+        data = random.Random(7).randbytes(3_000_000)
+        path = tmp_path / "f.part"
+        path.write_bytes(bytes(len(data)))
+        hasher = PrefixHasher(path, {"sha256"}, block=100_000)
+        with open(path, "r+b") as fh:  # pieces land out of order; the prefix says what is final
+            for start, end, prefix in ((1_000_000, 2_000_000, 0), (0, 1_000_000, 2_000_000),
+                                       (2_000_000, 3_000_000, 3_000_000)):
+                fh.seek(start)
+                fh.write(data[start:end])
+                fh.flush()
+                hasher.advance(prefix)
+        assert hasher.finish(len(data)) == {"sha256": hashlib.sha256(data).hexdigest()}
+        assert not [t for t in threading.enumerate() if t.name == "prefix-hasher"]
+
+    def test_prefix_hasher_gives_up_quietly_on_a_short_file(self, tmp_path):
+        from downloader.sink import PrefixHasher
+        path = tmp_path / "f.part"
+        path.write_bytes(b"abc")
+        hasher = PrefixHasher(path, {"md5"})
+        assert hasher.finish(10) is None  # the caller reads the file itself then
+        PrefixHasher(path, {"md5"}).abandon()
+        assert not [t for t in threading.enumerate() if t.name == "prefix-hasher"]
 
     def test_file_digests_can_prime_a_hasher_with_a_prefix(self, tmp_path):
         path = tmp_path / "f"

@@ -67,6 +67,32 @@ def test_segmented_download_verified_after_the_last_segment(fetch, url, tmp_path
     assert results.items[0].sha256 == sha256(gen_bytes(size))
 
 
+def test_a_segmented_file_is_hashed_as_its_prefix_grows_not_read_again_at_the_end(fetch, url, tmp_path,
+                                                                                  monkeypatch):
+    import downloader.transfer
+    reads = []
+    real = downloader.transfer.file_digests
+    monkeypatch.setattr(downloader.transfer, "file_digests", lambda *a, **k: reads.append(a) or real(*a, **k))
+    size = 5_000_000
+    good = sha256(gen_bytes(size))
+    results = fetch([url("/gen/pf.bin", size=size)], segments=4, min_segment_size="512K", jobs=4,
+                    sums_file=_sums(tmp_path, {"pf.bin": good}))
+    assert results.counts["ok"] == 1, results.failures
+    assert results.items[0].sha256 == good
+    assert reads == []  # verified by the prefix hasher, no second pass over the file
+    bad = fetch([url("/gen/pf2.bin", size=size)], segments=4, min_segment_size="512K", jobs=4, retries=0,
+                sums_file=_sums(tmp_path, {"pf2.bin": "0" * 64}))
+    assert bad.counts["failed"] == 1
+    assert f"expected {'0' * 64}, got {sha256(gen_bytes(size))}" in bad.failed[0].error
+    assert not (tmp_path / "out/pf2.bin").exists()
+
+
+def _sums(folder, digests: dict) -> str:
+    path = folder / f"sums-{len(list(folder.glob('sums-*')))}.txt"
+    path.write_text("".join(f"{hexdigest}  {name}\n" for name, hexdigest in digests.items()))
+    return str(path)
+
+
 def test_manifest_is_accepted_by_sha256sum(fetch, url, tmp_path):
     out = tmp_path / "out"
     urls = [url("/gen/m1.bin", size=100), url("/gen/m2.bin", size=5_000_000), url("/status/404")]

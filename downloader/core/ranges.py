@@ -9,9 +9,10 @@ Last-Modified when there is no strong ETag, sent as If-Range). Anything else sta
     ...       size=200)
     Verdict(action='write', offset=100, size=200, reason='')
 
-`SegmentPlan` hands out the ranges still missing to connections: a new connection takes an
-unowned range, or else half of the largest range another connection is still working through
-("work stealing"), so one slow connection does not hold the whole file back.
+`SegmentPlan` hands out the bytes still missing to connections, a piece at a time and in file
+order: a free connection always takes the lowest bytes nobody has asked for yet, so no connection
+sits on a long range while others idle, and what is on disk is a prefix of the file with at most a
+piece missing per connection (a digest can follow the download; see sink.PrefixHasher).
 """
 from __future__ import annotations
 
@@ -135,10 +136,8 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
 
 
 class Segment:
-    """One connection's share of a file: bytes [pos, end) are still to come; `end` may shrink when
-    another connection takes over the far half. The connection asks for its share in requests of
-    at most a piece, [pos, req_end); only bytes nobody has asked for yet are ever taken over, so
-    no byte crosses the network twice."""
+    """One connection's share of a file: bytes [pos, end) are still to come. The connection asks
+    for them in requests, [cursor, req_end); bytes before `cursor` are on disk or queued for it."""
 
     __slots__ = ("pos", "cursor", "end", "req_end", "owned")
 
@@ -158,7 +157,7 @@ class Segment:
 
     @property
     def unrequested(self) -> int:
-        """Bytes of this segment no request has asked for yet (what another connection may take)."""
+        """Bytes of this segment no request has asked for yet."""
         return max(0, self.end - max(self.cursor, self.req_end)) if self.owned else self.remaining
 
     def __repr__(self) -> str:
@@ -168,16 +167,15 @@ class Segment:
 class SegmentPlan:
     """Which parts of a file of `size` bytes are missing, and who fetches which. Thread-safe.
 
-    `max_connections` caps connections on the file; a connection takes over half of another's
-    range when both halves get at least `min_steal` bytes, and all of what the other has not
-    asked for yet when that is between one and two `min_steal`.
+    `claim(piece)` gives a connection the lowest bytes nobody has asked for, at most `piece` of
+    them (None: the whole of that range); `max_connections` caps connections on the file. Bytes a
+    request has asked for are never handed out again, so no byte crosses the network twice.
     """
 
     def __init__(self, size: int, missing: list[tuple[int, int]] | None = None, *,
-                 max_connections: int = 1, min_steal: int = 1 << 20) -> None:
+                 max_connections: int = 1) -> None:
         self.size = size
         self.max_connections = max(1, max_connections)
-        self.min_steal = max(1, min_steal)
         ranges = [(a, b) for a, b in (missing if missing is not None else [(0, size)]) if a < b]
         self.segments = [Segment(a, b) for a, b in sorted(ranges)]
         self._lock = threading.Lock()
@@ -186,59 +184,48 @@ class SegmentPlan:
     def active(self) -> int:
         return sum(1 for s in self.segments if s.owned)
 
-    def claim(self, min_steal: int | None = None) -> Segment | None:
-        """A range for one more connection, or None when it could not help (cap reached, nothing
-        left, or nothing large enough to split). `min_steal` overrides the plan's own (smaller in
-        the tail of a batch, when idle connections have nothing else to do)."""
+    def claim(self, piece: int | None = None) -> Segment | None:
+        """The lowest bytes no request has asked for, at most `piece` of them, for one more
+        connection; None when the cap is reached or nothing is left to ask for."""
         with self._lock:
             if self.active >= self.max_connections:
                 return None
-            for seg in self.segments:
-                if not seg.owned and seg.remaining > 0:
-                    seg.owned = True
-                    return seg
-            least = min_steal or self.min_steal
-            victim = max((s for s in self.segments if s.owned), key=lambda s: self._spare(s, least), default=None)
-            share = self._spare(victim, least) if victim is not None else 0
-            if share == 0:
+            free = min((s for s in self.segments if not s.owned and s.remaining > 0),
+                       key=lambda s: s.cursor, default=None)
+            if free is None:
                 return None
-            mid = victim.end - share
-            taken = Segment(mid, victim.end, owned=True)
-            victim.end = mid
+            start = free.cursor
+            stop = free.end if piece is None else min(free.end, start + max(1, piece))
+            if free.pos == start and stop == free.end:
+                free.owned = True  # the whole range, with nothing of it still on its way to disk
+                free.req_end = start
+                return free
+            taken = Segment(start, stop, owned=True)
             self.segments.append(taken)
+            if stop < free.end:
+                self.segments.append(Segment(stop, free.end))
+            free.end = start  # what it keeps: bytes still on their way to disk, if any
+            if free.pos >= free.end:
+                self.segments.remove(free)
             return taken
 
     def add(self, seg: Segment) -> None:
-        """Put a segment a connection already works on into the plan (the first response of a fresh
-        download becomes the first segment; others may then take over half of it)."""
+        """Put a segment a connection already works on into the plan (the first response of a
+        fresh download)."""
         with self._lock:
             self.segments.append(seg)
 
-    def can_help(self, min_steal: int | None = None) -> bool:
+    def can_help(self) -> bool:
         """Whether `claim` would give a range right now (a cheap look, for the scheduler)."""
-        least = min_steal or self.min_steal
         with self._lock:
             if self.active >= self.max_connections:
                 return False
-            return any((not s.owned and s.remaining) or (s.owned and self._spare(s, least)) for s in self.segments)
+            return any(not s.owned and s.remaining for s in self.segments)
 
     def unrequested(self) -> int:
         """Bytes of the file no request has asked for yet."""
         with self._lock:
             return sum(s.unrequested for s in self.segments)
-
-    @staticmethod
-    def _spare(seg: Segment, min_steal: int) -> int:
-        """How much of an owned segment another connection may take over: the far half of what it
-        has not asked for yet when both halves get `min_steal`; or, while it is busy with a
-        request, all it has not asked for when that is at least `min_steal`, so the last pieces
-        of a file go to idle connections instead of queueing behind a busy one."""
-        unrequested = seg.unrequested
-        if unrequested >= 2 * min_steal:
-            return unrequested // 2
-        if unrequested >= min_steal and seg.req_end > seg.cursor:
-            return unrequested
-        return 0
 
     def request(self, seg: Segment, piece: int | None) -> int:
         """The end of the next request for `seg`: at most `piece` bytes on (None: to its end)."""
@@ -248,7 +235,7 @@ class SegmentPlan:
 
     def reserve(self, seg: Segment, length: int) -> tuple[int, int]:
         """(offset, count): where and how many of `length` arriving bytes the owner of `seg` may
-        write; fewer than `length` when its end has moved or its request's end has been reached."""
+        write; fewer than `length` when its request's end has been reached."""
         with self._lock:
             offset = seg.cursor
             take = max(0, min(length, min(seg.end, seg.req_end) - offset))
@@ -259,10 +246,12 @@ class SegmentPlan:
         """Record that `length` reserved bytes are now on disk."""
         with self._lock:
             seg.pos += length
+            if seg.pos >= seg.end and not seg.owned and seg in self.segments:
+                self.segments.remove(seg)
 
     def release(self, seg: Segment) -> None:
         """The owner stops working on `seg` (finished, failed or interrupted). Bytes it received
-        stay counted (they are on disk, or queued to be written)."""
+        stay counted (they are on disk, or queued to be written); the rest may be claimed again."""
         with self._lock:
             seg.req_end = seg.cursor
             seg.owned = False
@@ -273,6 +262,11 @@ class SegmentPlan:
         """Ranges not on disk yet, for the state file."""
         with self._lock:
             return [(s.pos, s.end) for s in sorted(self.segments, key=lambda s: s.pos) if s.pos < s.end]
+
+    def prefix(self) -> int:
+        """Bytes at the start of the file that are all on disk."""
+        with self._lock:
+            return min((s.pos for s in self.segments if s.pos < s.end), default=self.size)
 
     def done(self) -> bool:
         with self._lock:

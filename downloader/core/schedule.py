@@ -111,6 +111,8 @@ class Scheduler:
         self._deferred: deque[Job] = deque()
         self._hosts: Counter[str] = Counter()
         self._in_flight = 0
+        self._unsized = 0
+        """Files started whose size is not known yet (their first response has not come)."""
 
     def _host_free(self, host: str) -> bool:
         return self.per_host is None or self._hosts[host] < self.per_host
@@ -131,6 +133,7 @@ class Scheduler:
                 host = host_of(job.url)
                 self._hosts[host] += 1
                 self._in_flight += 1
+                self._unsized += 1
                 return Start(job, host)
             if self.feed.exhausted and not self._deferred and self._in_flight == 0:
                 return None
@@ -162,6 +165,11 @@ class Scheduler:
             if transfer in self._open:
                 self._open.remove(transfer)
 
+    def sized(self) -> None:
+        """A started file's size is known now (or it ended before that); once per file."""
+        with self._lock:
+            self._unsized -= 1
+
     def connection_done(self, host: str) -> None:
         """A worker stopped using a connection to `host`."""
         with self._lock:
@@ -184,8 +192,8 @@ class Scheduler:
         """In the tail, the bytes of the files in flight that no request has asked for yet, divided
         among the connections that may work on them: the most one request should ask for. None before the tail. Lock
         free, since `poll` calls into transfers under the lock."""
-        if not self.in_tail:
-            return None
+        if not self.in_tail or self._unsized:
+            return None  # more files to start, or files whose size is unknown: not the tail yet
         flying = tuple(self._open)
         left = sum(t.unrequested() for t in flying)
         # connections that can work on them: a file takes no more than its --segments
