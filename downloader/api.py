@@ -32,7 +32,7 @@ from .config import Options
 from .core.digests import parse_checksum, parse_sums_line
 from .core.proxies import Proxies
 from .core.ratelimit import TokenBucket
-from .core.redirects import redact
+from .core.redirects import netrc_logins, redact
 from .core.results import FAILED, OK, Result, Results
 from .core.retry import RetryPolicy
 from .core.schedule import Feed, Scheduler
@@ -129,7 +129,7 @@ class Downloader:
                       policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),
                       rng=random.Random(opts.seed),
                       limiter=TokenBucket(opts.max_speed) if opts.max_speed else None, sums=sums,
-                      want_sha256=opts.manifest is not None, proxies=proxies,
+                      want_sha256=opts.manifest is not None, proxies=proxies, logins=netrc_logins(),
                       signal_handler=self._on_signal)
         ctx.post_submit = post.submit if post else recorder.record
         ctx.post_submit_async = post.submit_async if post else _as_async(recorder.record)

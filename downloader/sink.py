@@ -325,6 +325,7 @@ class PrefixHasher:
         self.error: OSError | None = None
         self._ready = start_at
         self._closed = False
+        self._abandoned = False
         self._cond = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="prefix-hasher", daemon=True)
         self._thread.start()
@@ -344,12 +345,12 @@ class PrefixHasher:
                         while self.hasher.fed >= self._ready and not self._closed:
                             self._cond.wait()
                         ready, closed = self._ready, self._closed
-                    while self.hasher.fed < ready:
+                    while self.hasher.fed < ready and not self._abandoned:
                         data = os.pread(fh.fileno(), min(self.block, ready - self.hasher.fed), self.hasher.fed)
                         if not data:
                             raise OSError(f"{self.path} is shorter than {ready:,} bytes")
                         self.hasher.update(data)
-                    if closed:
+                    if closed or self._abandoned:
                         return
         except OSError as exc:
             self.error = exc
@@ -364,8 +365,8 @@ class PrefixHasher:
         return self.hasher.hexdigests()
 
     def abandon(self) -> None:
-        with self._cond:
-            self._ready = self.hasher.fed  # nothing more to read
+        """Stop at once (within a block), without caring for the result."""
+        self._abandoned = True
         self._stop()
 
     def _stop(self) -> None:

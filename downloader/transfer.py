@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Awaitable, Callable
+from urllib.parse import urlsplit
 
 from .config import Options
 from .core.digests import Expected, parse_checksum, server_digests
@@ -32,7 +33,7 @@ from .core.naming import relative_target
 from .core.proxies import Proxies
 from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
                           judge, length_disagrees, parse_content_range, range_header)
-from .core.redirects import headers_for, next_hop, redact, split_userinfo
+from .core.redirects import basic_auth, headers_for, next_hop, redact, split_userinfo
 from .core.results import FAILED, OK, SKIPPED, Result
 from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from .core.schedule import Scheduler
@@ -72,6 +73,8 @@ class Context:
     """Where a finished job's Result goes (the post stage, then the report); engines call it."""
     post_submit_async: Callable[[Result], Awaitable[None]] | None = None
     """The same for the async engine, waiting without blocking the loop."""
+    logins: dict = field(default_factory=dict)
+    """Logins by host from the user's netrc file (core.redirects.netrc_logins)."""
     proxies: Proxies = field(default_factory=Proxies)
     """Which proxy each request goes through (read from the environment once per batch)."""
     signal_handler: Callable | None = None
@@ -101,6 +104,9 @@ class Transfer:
         self.ctx = ctx
         self.host = host
         self.url, self.url_auth = split_userinfo(job.url)
+        if not self.url_auth and ctx.logins:
+            login = ctx.logins.get((urlsplit(self.url).hostname or "").lower()) or ctx.logins.get("")
+            self.url_auth = basic_auth(*login) if login else ()
         """Where requests go (without `user:password@`, sent as a header instead): the URL after
         the first response's redirects."""
         self.first_url = self.url
@@ -528,7 +534,7 @@ class Transfer:
     def finish_blocks(self) -> bool:
         """Whether finish() will read the whole file (a segmented download to verify), so an event
         loop should run it in a thread."""
-        return self.writer is not None or \
+        return self.writer is not None or self.prefix_hasher is not None or \
             (self.layout == "segments" and bool(self._algorithms()) and not self.stopped())
 
     def failure(self, exc: TransferError) -> Result:

@@ -347,3 +347,19 @@ def test_passwords_in_urls_never_reach_the_disk_and_resume_still_works(fetch, ur
             assert b"pw-s3cret-42" not in path.read_bytes(), path
     third = fetch([with_password])
     assert third.counts["skipped"] == 1  # the index still knows the URL
+
+
+def test_netrc_login_is_sent_to_its_host_only(fetch, server, monkeypatch, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login alice password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    here = server.url + "/echo-headers"
+    there = server.url.replace("127.0.0.1", "localhost") + "/echo-headers"
+    results = fetch([here, f"{there}?u=other"])
+    assert results.counts["ok"] == 2, results.failures
+    names = {r.url: r.path for r in results}
+    seen = {k.lower(): v for k, v in json.loads(read(names[here])).items()}
+    assert seen["authorization"] == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
+    other = {k.lower(): v for k, v in json.loads(read(names[f"{there}?u=other"])).items()}
+    assert "authorization" not in other

@@ -116,6 +116,14 @@ def test_an_unusable_proxy_variable_is_a_usage_error(url, tmp_path, monkeypatch)
     assert not list(tmp_path.iterdir())  # nothing opened
 
 
+def test_a_proxy_with_a_bad_port_is_a_usage_error_without_the_password(url, tmp_path, monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://me:SECRET@127.0.0.1:99999")
+    proc = run_cli("get", url("/gen/u.bin", size=1), "-d", str(tmp_path))
+    assert proc.returncode == 2, proc.stderr
+    assert "not a proxy URL" in proc.stderr and "SECRET" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_help_lists_exit_codes():
     proc = run_cli("get", "--help")
     assert proc.returncode == 0

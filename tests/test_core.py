@@ -407,6 +407,24 @@ class TestRetry:
 
 # ======================================================================== core.redirects
 class TestRedirects:
+    @pytest.mark.parametrize("url, shown", [
+        ("https://alice:pw@h/f", "https://alice:***@h/f"),
+        ("https://TOKEN@h:8443/f", "https://***@h:8443/f"),  # a user name alone is often a token
+        ("https://h/f?a=b", "https://h/f?a=b"),
+        ("http://u:pw@h:99999/f", "http://u:***@h:99999/f"),  # never fails, even on a bad port
+    ])
+    def test_redact_masks_credentials(self, url, shown):
+        from downloader.core.redirects import redact
+        assert redact(url) == shown
+
+    def test_netrc_logins(self, tmp_path):
+        from downloader.core.redirects import netrc_logins
+        path = tmp_path / "netrc"
+        path.write_text("machine Files.Example login alice password s3cret\ndefault login anon password x\n")
+        path.chmod(0o600)
+        assert netrc_logins(str(path)) == {"files.example": ("alice", "s3cret"), "": ("anon", "x")}
+        assert netrc_logins(str(tmp_path / "missing")) == {}
+
     def test_relative_location(self):
         assert next_hop("https://h/a/b", 302, "c", hops=0, max_hops=5).url == "https://h/a/c"
         assert next_hop("https://h/a/b", 301, "/x?y=1", hops=0, max_hops=5).url == "https://h/x?y=1"
@@ -1026,6 +1044,30 @@ class TestProxies:
         from downloader.core.proxies import Proxies
         assert Proxies({"http_proxy": "http://p:1", "NO_PROXY": "*"}).for_url("http://a/") is None
 
+    @pytest.mark.parametrize("url, direct", [
+        ("http://[::1]:8080/x", True), ("http://[::1]/x", False), ("https://secure.example/x", True),
+        ("http://secure.example/x", False), ("http://0.1.2.3/x", False), ("http://dot.example./x", True),
+    ])
+    def test_no_proxy_brackets_default_ports_whole_addresses_and_trailing_dots(self, url, direct):
+        from downloader.core.proxies import Proxies
+        proxies = Proxies({"http_proxy": "http://p:1", "https_proxy": "http://p:1",
+                           "no_proxy": "[::1]:8080,secure.example:443,0.1,dot.example."})
+        assert (proxies.for_url(url) is None) == direct
+
+    def test_an_empty_lower_case_variable_unsets_the_upper_case_one(self):
+        from downloader.core.proxies import Proxies
+        assert Proxies({"HTTP_PROXY": "http://p:1", "http_proxy": ""}).for_url("http://a/") is None
+
+    @pytest.mark.parametrize("value, needle", [
+        ("http://u:SECRET@127.0.0.1:99999", "not a proxy URL (Port out of range"),
+        ("http://u:SECRET@[::1", "not a proxy URL (Invalid IPv6 URL)"),
+        ("http://u:SECRET@:3128", "not a proxy URL (no host or port)"),
+    ])
+    def test_a_broken_proxy_url_is_one_line_without_the_password(self, value, needle):
+        from downloader.core.proxies import Proxies
+        problem = Proxies({"http_proxy": value}).problem()
+        assert needle in problem and "SECRET" not in problem
+
     def test_only_http_proxies_are_accepted_and_the_message_hides_the_password(self):
         from downloader.core.proxies import Proxies
         assert Proxies({"https_proxy": "http://p:1"}).problem() is None
@@ -1413,6 +1455,17 @@ class TestStreamHasher:
         hasher = PrefixHasher(path, {"md5"})
         assert hasher.finish(10) is None  # the caller reads the file itself then
         PrefixHasher(path, {"md5"}).abandon()
+        assert not [t for t in threading.enumerate() if t.name == "prefix-hasher"]
+
+    def test_prefix_hasher_stops_at_once_when_abandoned(self, tmp_path):
+        from downloader.sink import PrefixHasher
+        path = tmp_path / "big.part"
+        with open(path, "wb") as fh:
+            fh.truncate(4 << 30)  # sparse: 4 GiB that would take seconds to hash
+        hasher = PrefixHasher(path, {"sha256"}, block=1 << 20)
+        hasher.advance(4 << 30)
+        hasher.abandon()  # a failed or restarted download: the result is not wanted
+        assert hasher.hasher.fed < 4 << 30
         assert not [t for t in threading.enumerate() if t.name == "prefix-hasher"]
 
     def test_file_digests_can_prime_a_hasher_with_a_prefix(self, tmp_path):

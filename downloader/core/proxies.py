@@ -29,11 +29,14 @@ def _read(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     for lower_wins in (False, True):
         for name, value in environ.items():
             key = name.lower()
-            if not key.endswith("_proxy") or not value.strip() or (name.islower() != lower_wins):
+            if not key.endswith("_proxy") or (name.islower() != lower_wins):
                 continue
             if cgi and name == "HTTP_PROXY":
                 continue
-            found[key[:-len("_proxy")]] = (value.strip(), name)
+            if value.strip():
+                found[key[:-len("_proxy")]] = (value.strip(), name)
+            elif lower_wins:
+                found.pop(key[:-len("_proxy")], None)  # http_proxy= (empty) unsets HTTP_PROXY
     return found
 
 
@@ -55,19 +58,25 @@ class Proxies:
     def problem(self) -> str | None:
         """Why the proxy settings cannot be used (one line naming the variable), or None."""
         for scheme, proxy in self._proxy.items():
-            parts = urlsplit(proxy)
-            if parts.scheme != "http" or not parts.hostname:
-                return (f"{self._names[scheme]}={redact(proxy)!r}: only http:// proxies are supported "
-                        f"(https:// URLs go through them with CONNECT)")
+            shown = f"{self._names[scheme]}={redact(proxy)!r}"
+            try:
+                parts = urlsplit(proxy)
+                port = parts.port
+            except ValueError as exc:
+                return f"{shown}: not a proxy URL ({exc})"
+            if parts.scheme != "http":
+                return f"{shown}: only http:// proxies are supported (https:// URLs go through them with CONNECT)"
+            if not parts.hostname or port == 0:
+                return f"{shown}: not a proxy URL (no host or port)"
         return None
 
     def for_url(self, url: str) -> str | None:
         """The proxy URL (maybe with `user:password@`) for `url`, or None to connect directly."""
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
-        host = (parts.hostname or "").lower()
+        host = (parts.hostname or "").lower().rstrip(".")
         try:
-            port = parts.port
+            port = parts.port or DEFAULT_PORTS.get(scheme)
         except ValueError:
             port = None
         key = (scheme, host, port)
@@ -77,27 +86,46 @@ class Proxies:
         return self._cache[key]
 
     def _bypass(self, host: str, port: int | None) -> bool:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            address = None
+        address = _address(host)
         for entry in self._no:
             if entry == "*":
                 return True
-            if address is not None and "/" in entry:
+            name, entry_port = _split_port(entry)
+            if entry_port is not None and entry_port != port:
+                continue
+            if address is not None:  # an IP address matches an equal address or a network
                 try:
-                    if address in ipaddress.ip_network(entry, strict=False):
+                    if address in ipaddress.ip_network(name, strict=False):
                         return True
                 except ValueError:
                     pass
                 continue
-            name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
-            if entry_port and (not entry_port.isdigit() or port != int(entry_port)):
-                continue
-            name = name.lstrip(".")
-            if host == name or host.endswith("." + name):
+            name = name.lstrip(".").rstrip(".")
+            if name and (host == name or host.endswith("." + name)):
                 return True
         return False
+
+
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _address(host: str):
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return None
+
+
+def _split_port(entry: str) -> tuple[str, int | None]:
+    """A no_proxy entry as (host or network, port or None): `h:81`, `[::1]:8080`, `::1`, `10.0.0.0/8`."""
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+        return host, int(port) if port.isdigit() else None
+    if entry.count(":") == 1:
+        host, _, port = entry.partition(":")
+        return host, int(port) if port.isdigit() else -1  # a port that is not a number matches nothing
+    return entry, None
 
 
 def _normal(proxy: str) -> str:

@@ -71,16 +71,46 @@ def split_userinfo(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, ()
-    token = base64.b64encode(f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode())
-    return urlunsplit(parts._replace(netloc=_host_port(parts))), (("Authorization", f"Basic {token.decode()}"),)
+    return urlunsplit(parts._replace(netloc=_host_port(parts))), \
+        basic_auth(unquote(parts.username or ""), unquote(parts.password or ""))
+
+
+def netrc_logins(path: str | None = None) -> dict[str, tuple[str, str]]:
+    """{host: (login, password)} from the user's netrc file (`$NETRC`, else `~/.netrc`), read once
+    per batch; an unreadable or malformed file counts as none (as curl, wget and requests treat
+    it). A URL without `user:password@` to one of these hosts (or, with a `default` entry, any
+    host: key "") sends the login as Basic auth."""
+    import netrc
+    import os
+    path = path or os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    try:
+        entries = netrc.netrc(path).hosts
+    except (OSError, netrc.NetrcParseError):
+        return {}
+    # the `default` entry, for any other host, goes under ""
+    return {("" if host == "default" else host.lower()): (login or "", password or "")
+            for host, (login, _, password) in entries.items()}
+
+
+def basic_auth(login: str, password: str) -> tuple[tuple[str, str], ...]:
+    token = base64.b64encode(f"{login}:{password}".encode()).decode()
+    return (("Authorization", f"Basic {token}"),)
 
 
 def redact(url: str) -> str:
-    """The URL as shown to people (messages, the report): a password in it becomes `***`."""
-    parts = urlsplit(url)
-    if parts.password is None:
+    """The URL as shown to people and kept on disk (messages, the report, the index): a password
+    becomes `***`, and so does a user name given alone (often a token: `https://TOKEN@host/`).
+    Never fails, whatever the URL holds (a bad port, a broken IPv6 literal)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("@")[-1] if "@" in url else url
+    userinfo, at, host = parts.netloc.rpartition("@")
+    if not at:
         return url
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{_host_port(parts)}"))
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{host}"))
 
 
 def headers_for(headers: tuple[tuple[str, str], ...], cross_host: bool) -> tuple[tuple[str, str], ...]:

@@ -79,6 +79,8 @@ def _through_proxy(proxy: str | None, url: str, headers: list):
     bare, auth = split_userinfo(proxy)
     if not auth:
         return bare, headers, None
+    if any(name.lower() == "proxy-authorization" for name, _ in headers):
+        return bare, headers, None  # the user's own --header wins, as with requests
     credentials = [("Proxy-Authorization", auth[0][1])]
     if url.lower().startswith("https:"):
         return bare, headers, dict(credentials)

@@ -7,6 +7,7 @@ file in flight with one of its segments.
 """
 from __future__ import annotations
 
+import os
 import threading
 
 import requests
@@ -53,7 +54,10 @@ def new_session(ctx: Context) -> requests.Session:
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.pop("Accept-Encoding", None)
-    session.trust_env = False  # proxies come from core.proxies, read once per batch
+    # proxies (core.proxies) and netrc logins (core.redirects) are read once per batch for every
+    # engine; requests' own reading of the environment would repeat it on every request
+    session.trust_env = False
+    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
     return session
 
 
