@@ -50,7 +50,9 @@ class Index:
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA secure_delete=ON")  # a masked password leaves no trace behind
             self._db.execute(_SCHEMA)
+            self._mask_old_passwords()
         except (OSError, sqlite3.Error) as exc:
             raise DiskError(f"cannot use the index in {folder}: {exc}") from exc
         self._lock = threading.Lock()
@@ -58,6 +60,16 @@ class Index:
         self.path = folder / "index.sqlite"
         self.warning: str | None = None
         """Set when the index could not be updated (a full disk); the batch itself went on."""
+
+    def _mask_old_passwords(self) -> None:
+        """An index written before URLs were kept masked: mask them now (a row whose masked URL
+        is already there is dropped; the file under its name still counts as complete)."""
+        self._db.create_function("redact", 1, redact, deterministic=True)
+        old = "instr(url, '@') > 0 AND redact(url) != url"
+        if self._db.execute(f"SELECT 1 FROM files WHERE {old} LIMIT 1").fetchone():
+            with self._db:
+                self._db.execute(f"UPDATE OR IGNORE files SET url = redact(url) WHERE {old}")
+                self._db.execute(f"DELETE FROM files WHERE {old}")
 
     def lookup(self, url: str) -> Entry | None:
         try:

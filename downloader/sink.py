@@ -97,7 +97,8 @@ class PartFile:
             part_size = self.part.stat().st_size
         except (OSError, ValueError):
             return None
-        if not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("url") != redact(url):
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION or \
+                data.get("url") not in (redact(url), url):  # masked, or from before URLs were
             return None
         try:
             size, layout = data.get("size"), data.get("layout")

@@ -40,7 +40,7 @@ from downloader.core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_a
 from downloader.core.schedule import WAIT, Feed, Scheduler, Start
 from downloader.core.sources import Deduplicator, Job, Notice, Rejected, jobs_from_urls, parse_lines
 from downloader.errors import DiskError, RedirectError, UsageError
-from downloader.index import Index
+from downloader.index import Entry, Index
 from downloader.sink import PartFile, StreamHasher, file_digests
 
 PACKAGE = Path(__file__).resolve().parent.parent / "downloader"
@@ -1292,6 +1292,19 @@ class TestPartFile:
         assert saved.have == 200 and saved.validator == V
         assert json.loads(part.state.read_text())["url"] == URL
 
+    def test_state_keeps_a_password_masked_and_still_matches(self, part):
+        secret = "https://u:pw-9@h/file.bin"
+        part.open(fresh=True)
+        part.write(0, b"x" * 10)
+        part.save_state(secret, 100, V, "stream", [(10, 100)])
+        assert "pw-9" not in part.state.read_text()
+        assert part.saved(secret).have == 10
+        assert part.saved("https://u:other@h/file.bin") is not None  # the same file, other password
+        state = json.loads(part.state.read_text())
+        state["url"] = secret  # a state file from before URLs were masked is still this URL's
+        part.state.write_text(json.dumps(state))
+        assert part.saved(secret).have == 10
+
     def test_save_state_can_be_throttled(self, part):
         part.save_state(URL, 10, V, "stream", [(0, 10)])
         part.save_state("https://other/", 10, V, "stream", [(0, 10)], force=False)
@@ -1480,6 +1493,20 @@ class TestStreamHasher:
 
 # ======================================================================== index
 class TestIndex:
+    def test_an_old_index_with_passwords_is_masked_when_opened(self, tmp_path):
+        import sqlite3
+        Index(tmp_path).close()
+        db_path = tmp_path / ".downloader/index.sqlite"
+        db = sqlite3.connect(db_path)
+        with db:
+            db.execute("INSERT INTO files (url, name, complete) VALUES ('http://u:pw-old-77@h/f', 'f', 1)")
+        db.close()
+        index = Index(tmp_path)
+        assert index.lookup("http://u:pw-old-77@h/f") == Entry("f", True, None, None)
+        index.close()
+        for path in db_path.parent.iterdir():
+            assert b"pw-old-77" not in path.read_bytes(), path
+
     def test_the_same_url_gets_the_same_name_back(self, tmp_path):
         index = Index(tmp_path)
         assert index.claim("https://h/a", "file.iso") == "file.iso"
