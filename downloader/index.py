@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,7 +57,7 @@ class Index:
         except (OSError, sqlite3.Error) as exc:
             raise DiskError(f"cannot use the index in {folder}: {exc}") from exc
         self._lock = threading.Lock()
-        self._pending: list[tuple] = []
+        self._pending: deque[tuple] = deque()
         self.path = folder / "index.sqlite"
         self.warning: str | None = None
         """Set when the index could not be updated (a full disk); the batch itself went on."""
@@ -115,16 +116,18 @@ class Index:
     def complete(self, url: str, size: int | None, sha256: str | None) -> None:
         """Record a complete file. Records are written in batches (a crash that loses the last few
         costs nothing: a file under its final name counts as complete anyway)."""
-        with self._lock:
-            self._pending.append((size, sha256, redact(url)))
-            if len(self._pending) >= 256:
+        # a deque needs no lock to append to: the database's lock, which the feed thread holds
+        # while it claims names, is taken only to write a full batch
+        self._pending.append((size, sha256, redact(url)))
+        if len(self._pending) >= 256:
+            with self._lock:
                 self._flush()
 
     def _flush(self) -> None:
-        """Write the pending completion records. Losing them costs nothing but a note: a file under
-        its final name counts as complete on the next run anyway."""
+        """Write the pending completion records (the caller holds the lock). Losing them costs
+        nothing but a note: a file under its final name counts as complete on the next run anyway."""
         if self._pending:
-            pending, self._pending = self._pending, []
+            pending = [self._pending.popleft() for _ in range(len(self._pending))]
             try:
                 with self._db:
                     self._db.executemany("UPDATE files SET complete=1, size=?, sha256=? WHERE url=?", pending)
