@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import threading
 
 import aiohttp
 
@@ -182,17 +183,31 @@ class AsyncEngine:
         self._wake_event: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._active: set[Transfer] = set()
+        self._loop_thread: int | None = None
+        self._wake_scheduled = False
         ctx.write_behind = True
 
     def _wake(self) -> None:
-        """Called from any thread (the input feed reads in one of its own)."""
+        """Called from any thread (the input feed reads in one of its own). On the loop's own
+        thread the event is set at once; from another thread one call is scheduled, however many
+        wakes come before it runs (each would cost the loop a system call and a turn)."""
         loop = self._loop
         if loop is None or loop.is_closed():
             return
+        if threading.get_ident() == self._loop_thread:
+            self._wake_event.set()
+            return
+        if self._wake_scheduled:
+            return
+        self._wake_scheduled = True
         try:
-            loop.call_soon_threadsafe(self._wake_event.set)
+            loop.call_soon_threadsafe(self._wake_from_afar)
         except RuntimeError:
-            pass
+            self._wake_scheduled = False
+
+    def _wake_from_afar(self) -> None:
+        self._wake_scheduled = False
+        self._wake_event.set()
 
     async def next_work(self):
         while True:
@@ -213,6 +228,7 @@ class AsyncEngine:
 
     async def _main(self, grace: float) -> None:
         self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         self.stop_event = asyncio.Event()
         self._wake_event = asyncio.Event()
         self.ctx.scheduler.wake = self._wake
