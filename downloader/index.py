@@ -8,6 +8,7 @@ not grow with the number of URLs, and several processes may share a folder.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections import deque
@@ -15,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.naming import STATE_DIR, disambiguate
-from .core.redirects import redact
+from .core.redirects import redact, url_key
 from .errors import DiskError
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
 CREATE TABLE IF NOT EXISTS files (
     url TEXT PRIMARY KEY,
     name TEXT UNIQUE NOT NULL,
@@ -52,7 +54,8 @@ class Index:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA secure_delete=ON")  # a masked password leaves no trace behind
-            self._db.execute(_SCHEMA)
+            self._db.executescript(_SCHEMA)
+            self._salt = self._load_salt()
             self._mask_old_passwords()
         except (OSError, sqlite3.Error) as exc:
             raise DiskError(f"cannot use the index in {folder}: {exc}") from exc
@@ -62,21 +65,31 @@ class Index:
         self.warning: str | None = None
         """Set when the index could not be updated (a full disk); the batch itself went on."""
 
+    def _load_salt(self) -> bytes:
+        """The folder's own salt for `key` (made once, kept in the index)."""
+        self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", (os.urandom(16),))
+        return bytes(self._db.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()[0])
+
+    def key(self, url: str) -> str:
+        """How this folder keeps `url` (in the index and in state files): see core.redirects.url_key."""
+        return url_key(url, self._salt)
+
     def _mask_old_passwords(self) -> None:
         """An index written before URLs were kept masked: mask them now (a row whose masked URL
         is already there is dropped; the file under its name still counts as complete)."""
         self._db.create_function("redact", 1, redact, deterministic=True)
+        self._db.create_function("url_key", 1, self.key, deterministic=True)
         old = "instr(url, '@') > 0 AND redact(url) != url"
         if self._db.execute(f"SELECT 1 FROM files WHERE {old} LIMIT 1").fetchone():
             with self._db:
-                self._db.execute(f"UPDATE OR IGNORE files SET url = redact(url) WHERE {old}")
+                self._db.execute(f"UPDATE OR IGNORE files SET url = url_key(url) WHERE {old}")
                 self._db.execute(f"DELETE FROM files WHERE {old}")
 
     def lookup(self, url: str) -> Entry | None:
         try:
             with self._lock:
                 row = self._db.execute("SELECT name, complete, size, sha256 FROM files WHERE url=?",
-                                       (redact(url),)).fetchone()
+                                       (self.key(url),)).fetchone()
         except sqlite3.Error:
             return None
         return Entry(row[0], bool(row[1]), row[2], row[3]) if row else None
@@ -93,7 +106,7 @@ class Index:
         name gives it up (its Content-Disposition said otherwise)."""
         try:
             with self._lock:
-                return self._claim(redact(url), name)
+                return self._claim(self.key(url), name)
         except sqlite3.Error as exc:
             raise DiskError(f"cannot record file names in {self.path}: {exc}",
                             disk_full="full" in str(exc)) from exc
@@ -118,7 +131,7 @@ class Index:
         costs nothing: a file under its final name counts as complete anyway)."""
         # a deque needs no lock to append to: the database's lock, which the feed thread holds
         # while it claims names, is taken only to write a full batch
-        self._pending.append((size, sha256, redact(url)))
+        self._pending.append((size, sha256, self.key(url)))
         if len(self._pending) >= 256:
             with self._lock:
                 self._flush()

@@ -28,7 +28,6 @@ from pathlib import Path
 
 from .core.naming import PART_SUFFIX, STATE_SUFFIX
 from .core.ranges import Validator
-from .core.redirects import redact
 from .errors import DiskError
 
 STATE_INTERVAL = 1.0
@@ -84,9 +83,10 @@ class PartFile:
         """Whether this run wrote a state file (or found one), so commit knows to remove it."""
 
     # reading what an earlier run left
-    def saved(self, url: str) -> SavedState | None:
-        """The state an earlier try left for `url`, checked against the `.part` on disk; None when
-        there is nothing usable (no state, another URL, a damaged file)."""
+    def saved(self, key: str, url: str | None = None) -> SavedState | None:
+        """The state an earlier try left for the URL kept as `key` (Index.key; or `url` itself,
+        as states were kept before), checked against the `.part` on disk; None when there is
+        nothing usable (no state, another URL, a damaged file)."""
         try:
             text = self.state.read_text("utf-8")
         except OSError:
@@ -98,7 +98,7 @@ class PartFile:
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION or \
-                data.get("url") not in (redact(url), url):  # masked, or from before URLs were
+                data.get("url") not in (key, url or key):
             return None
         try:
             size, layout = data.get("size"), data.get("layout")
@@ -112,7 +112,7 @@ class PartFile:
                     return None
             else:
                 return None
-            return SavedState(url, size, Validator.from_json(data.get("validator")), layout, missing)
+            return SavedState(url or key, size, Validator.from_json(data.get("validator")), layout, missing)
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
 
@@ -151,16 +151,17 @@ class PartFile:
         except OSError:
             return 0
 
-    def save_state(self, url: str, size: int | None, validator: Validator, layout: str,
+    def save_state(self, key: str, size: int | None, validator: Validator, layout: str,
                    missing: list[tuple[int, int | None]], *, force: bool = True) -> None:
-        """Write the state file atomically; with `force=False` only if STATE_INTERVAL has passed."""
+        """Write the state file atomically for the URL kept as `key` (Index.key: no password);
+        with `force=False` only if STATE_INTERVAL has passed."""
         now = time.monotonic()
         if not force and now - self._last_save < STATE_INTERVAL:
             return
         self._last_save = now
         if layout == "segments" and self._fd is not None:
             self._guard(os.fdatasync, self._fd)
-        data = {"version": STATE_VERSION, "url": redact(url), "size": size, "validator": validator.to_json(),
+        data = {"version": STATE_VERSION, "url": key, "size": size, "validator": validator.to_json(),
                 "layout": layout, "missing": [list(r) for r in missing]}
         tmp = self.state.with_name(self.state.name + ".tmp")
         try:

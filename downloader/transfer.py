@@ -155,7 +155,7 @@ class Transfer:
         self._set_name(self.job.target or claim_name(self.ctx.index, self.job))
         if not self.ctx.options.overwrite and self._present(self.name):
             return self._skip()
-        saved = self.part.saved(self.job.url)
+        saved = self.part.saved(self.ctx.index.key(self.job.url), self.job.url)
         if saved and saved.validator.if_range() and saved.have > 0:
             return self._resume(saved)
         return self._probe()
@@ -247,9 +247,12 @@ class Transfer:
                        first_url=self.job.url)
         if hop.refused:
             raise RedirectError(hop.refused)
-        self.url = hop.url
         self.crossed_hosts = self.crossed_hosts or hop.cross_host
-        return hop.url, list(headers_for(tuple(headers), self.crossed_hosts))
+        sent = list(headers_for(tuple(headers), self.crossed_hosts))
+        self.url, auth = split_userinfo(hop.url)
+        if auth:  # a Location with user:password@: those are the credentials from now on
+            sent = [h for h in sent if h[0].lower() != "authorization"] + list(auth)
+        return self.url, sent
 
     def accept(self, seg: Segment, status: int, reason: str, headers) -> bool:
         """Decide what a response means. True: read its body into `seg`. False: do not (the file
@@ -599,7 +602,8 @@ class Transfer:
 
     def _save_state(self, force: bool = True) -> None:
         missing = self.plan.missing() if self.layout == "segments" else [(self.plan.fetched(), self.size)]
-        self.part.save_state(self.job.url, self.size, self.validator, self.layout, missing, force=force)
+        self.part.save_state(self.ctx.index.key(self.job.url), self.size, self.validator, self.layout, missing,
+                             force=force)
 
     def _now_sized(self) -> None:
         """Tell the scheduler this file's size is known (its tail share counts it from now)."""

@@ -363,3 +363,38 @@ def test_netrc_login_is_sent_to_its_host_only(fetch, server, monkeypatch, tmp_pa
     assert seen["authorization"] == "Basic YWxpY2U6czNjcmV0"  # alice:s3cret
     other = {k.lower(): v for k, v in json.loads(read(names[f"{there}?u=other"])).items()}
     assert "authorization" not in other
+
+
+def test_a_redirect_to_a_url_with_credentials_sends_those(fetch, server, tmp_path):
+    from urllib.parse import quote
+    host = server.url.split("//")[1]
+    to = quote(f"http://u2:p7@{host}/echo-headers", safe="")
+    results = fetch([f"http://u1:p1@{host}/redirect?to={to}"], retries=0)
+    assert results.counts["ok"] == 1, results.failures
+    seen = {k.lower(): v for k, v in json.loads(read(tmp_path / "out/echo-headers")).items()}
+    assert seen["authorization"] == "Basic dTI6cDc="  # u2:p7, the redirect's own
+
+
+def test_proxy_failures_name_the_proxy_without_its_password(fetch, server, monkeypatch):
+    for name in ("no_proxy", "NO_PROXY", "HTTP_PROXY", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    host = server.url.split("//")[1]
+    monkeypatch.setenv("http_proxy", "http://me:pw-x@127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("https_proxy", f"http://me:pw-x@{host}")  # answers CONNECT with a 404
+    results = fetch(["http://far.invalid/a.bin", "https://far.invalid/b.bin"], retries=0)
+    errors = {r.url.rsplit("/", 1)[1]: r.error for r in results.failed}
+    assert errors["a.bin"] == "proxy http://me:***@127.0.0.1:9: connection refused", errors
+    assert errors["b.bin"] == f"proxy http://me:***@{host}: it answered 404 Not Found to CONNECT", errors
+
+
+def test_urls_that_differ_only_in_their_password_are_two_files(fetch, server, tmp_path):
+    host = server.url.split("//")[1]
+    results = fetch([f"http://a:pw1@{host}/echo-headers", f"http://a:pw2@{host}/echo-headers"])
+    assert results.counts["ok"] == 2, results.failures
+    paths = {r.path for r in results}
+    assert len(paths) == 2  # the second gets a distinct, deterministic name
+    sent = sorted(json.loads(read(p))["Authorization"] for p in paths)
+    assert sent == ["Basic YTpwdzE=", "Basic YTpwdzI="]
+    for path in (tmp_path / "out").rglob("*"):
+        if path.is_file():
+            assert b"pw1" not in path.read_bytes() and b"pw2" not in path.read_bytes(), path

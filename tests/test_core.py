@@ -1292,18 +1292,23 @@ class TestPartFile:
         assert saved.have == 200 and saved.validator == V
         assert json.loads(part.state.read_text())["url"] == URL
 
-    def test_state_keeps_a_password_masked_and_still_matches(self, part):
-        secret = "https://u:pw-9@h/file.bin"
+    def test_state_keeps_a_password_masked_and_still_matches(self, part, tmp_path):
+        index = Index(tmp_path)
+        secret, other = "https://u:pw-9@h/file.bin", "https://u:other@h/file.bin"
+        key = index.key(secret)
+        assert "pw-9" not in key and key.startswith("https://u:***@h/file.bin #")
+        assert index.key(other) != key and index.key(URL) == URL
         part.open(fresh=True)
         part.write(0, b"x" * 10)
-        part.save_state(secret, 100, V, "stream", [(10, 100)])
+        part.save_state(key, 100, V, "stream", [(10, 100)])
         assert "pw-9" not in part.state.read_text()
-        assert part.saved(secret).have == 10
-        assert part.saved("https://u:other@h/file.bin") is not None  # the same file, other password
+        assert part.saved(key, secret).have == 10
+        assert part.saved(index.key(other), other) is None  # another password: another file
         state = json.loads(part.state.read_text())
         state["url"] = secret  # a state file from before URLs were masked is still this URL's
         part.state.write_text(json.dumps(state))
-        assert part.saved(secret).have == 10
+        assert part.saved(key, secret).have == 10
+        index.close()
 
     def test_save_state_can_be_throttled(self, part):
         part.save_state(URL, 10, V, "stream", [(0, 10)])

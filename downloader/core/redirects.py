@@ -13,6 +13,7 @@ stay dropped (see `headers_for`).
 from __future__ import annotations
 
 import base64
+import hashlib
 from dataclasses import dataclass
 from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
 
@@ -95,6 +96,16 @@ def netrc_logins(path: str | None = None) -> dict[str, tuple[str, str]]:
 def basic_auth(login: str, password: str) -> tuple[tuple[str, str], ...]:
     token = base64.b64encode(f"{login}:{password}".encode()).decode()
     return (("Authorization", f"Basic {token}"),)
+
+
+def url_key(url: str, salt: bytes) -> str:
+    """How a URL is kept on disk (the index, state files) without its credentials: the URL with
+    them masked, plus, when it had any, a salted digest of the whole URL, so that two URLs that
+    differ only in their password stay two files."""
+    shown = redact(url)
+    if shown == url:
+        return url
+    return f"{shown} #{hashlib.sha256(salt + url.encode('utf-8', 'surrogateescape')).hexdigest()[:16]}"
 
 
 def redact(url: str) -> str:

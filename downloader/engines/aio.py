@@ -13,21 +13,33 @@ import threading
 
 import aiohttp
 
-from ..core.redirects import REDIRECT_STATUSES, split_userinfo
+from ..core.redirects import REDIRECT_STATUSES, redact, split_userinfo
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
 from ..errors import IncompleteBody, StallError, TransferError
 from ..transfer import Context, Transfer
 
 
-def translate(exc: BaseException) -> TransferError:
-    """The one place an aiohttp/asyncio error becomes the project's own."""
+def translate(exc: BaseException, proxy: str | None = None) -> TransferError:
+    """The one place an aiohttp/asyncio error becomes the project's own (naming the proxy when
+    the request went through one)."""
+    error = _translate(exc)
+    if proxy and isinstance(exc, aiohttp.ClientHttpProxyError):
+        error = TransferError(f"proxy {redact(proxy)}: it answered {exc.status} {exc.message} to CONNECT")
+    elif proxy and isinstance(exc, aiohttp.ClientProxyConnectionError):
+        error = TransferError(f"proxy {redact(proxy)}: {_reason(exc)}")
+    return error
+
+
+def _translate(exc: BaseException) -> TransferError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return StallError("no data for the stall timeout (--timeout)")
     if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
         return IncompleteBody(f"connection broken mid-body ({type(exc).__name__})")
     if isinstance(exc, aiohttp.InvalidURL):
         return TransferError(f"invalid URL: {exc}", retryable=False)
+    if isinstance(exc, ValueError):  # a request aiohttp refuses to build: trying again cannot help
+        return TransferError(f"invalid request: {exc}", retryable=False)
     if isinstance(exc, aiohttp.ClientConnectorError):
         return TransferError(f"connection failed: {_reason(exc)}")
     return TransferError(f"{type(exc).__name__}: {exc}")
@@ -58,12 +70,13 @@ async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: 
     """Send the request, following redirects by core.redirects' rules; the final response."""
     hops = 0
     while True:
+        proxy = ctx.proxies.for_url(url)
+        bare, sent, proxy_headers = _through_proxy(proxy, url, headers)
         try:
-            proxy, sent, proxy_headers = _through_proxy(ctx.proxies.for_url(url), url, headers)
-            resp = await session.get(url, headers=sent, allow_redirects=False, proxy=proxy,
+            resp = await session.get(url, headers=sent, allow_redirects=False, proxy=bare,
                                      proxy_headers=proxy_headers)
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-            raise translate(exc) from exc
+            raise translate(exc, proxy) from exc
         if resp.status not in REDIRECT_STATUSES:
             return resp
         resp.release()

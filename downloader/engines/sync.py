@@ -8,12 +8,13 @@ file in flight with one of its segments.
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import requests
 import urllib3
 
-from ..core.redirects import REDIRECT_STATUSES
+from ..core.redirects import REDIRECT_STATUSES, redact
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
 from ..errors import IncompleteBody, StallError, TransferError
@@ -24,8 +25,16 @@ _SHORT = (urllib3.exceptions.IncompleteRead, urllib3.exceptions.ProtocolError,
           requests.exceptions.ChunkedEncodingError)
 
 
-def translate(exc: BaseException) -> TransferError:
-    """The one place a requests/urllib3 error becomes the project's own."""
+def translate(exc: BaseException, proxy: str | None = None) -> TransferError:
+    """The one place a requests/urllib3 error becomes the project's own (naming the proxy when
+    the request went through one)."""
+    error = _translate(exc)
+    if proxy and isinstance(exc, requests.exceptions.ProxyError):
+        error = TransferError(f"proxy {redact(proxy)}: {_reason(exc)}", retryable=error.retryable)
+    return error
+
+
+def _translate(exc: BaseException) -> TransferError:
     if isinstance(exc, _STALL):
         return StallError("no data for the stall timeout (--timeout)")
     if isinstance(exc, _SHORT):
@@ -34,6 +43,8 @@ def translate(exc: BaseException) -> TransferError:
         return TransferError("connect timeout (--timeout)")
     if isinstance(exc, requests.exceptions.InvalidURL):
         return TransferError(f"invalid URL: {exc}", retryable=False)
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return TransferError(f"the proxy failed: {_reason(exc)}")
     if isinstance(exc, requests.exceptions.ConnectionError):
         return TransferError(f"connection failed: {_reason(exc)}")
     return TransferError(f"{type(exc).__name__}: {exc}")
@@ -41,6 +52,9 @@ def translate(exc: BaseException) -> TransferError:
 
 def _reason(exc: BaseException) -> str:
     text = str(exc.args[0] if exc.args else exc)
+    tunnel = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
+    if tunnel:
+        return f"it answered {tunnel.group(1).strip()} to CONNECT"
     for marker in ("Connection refused", "Name or service not known", "Connection reset",
                    "Remote end closed connection", "timed out"):
         if marker in text:
@@ -66,12 +80,12 @@ def open_response(session: requests.Session, t: Transfer, url: str, headers: lis
     timeout = (ctx.options.timeout, ctx.options.timeout)
     hops = 0
     while True:
+        proxy = ctx.proxies.for_url(url)
         try:
-            proxy = ctx.proxies.for_url(url)
             resp = session.get(url, headers=dict(headers), stream=True, allow_redirects=False, timeout=timeout,
                                proxies={"http": proxy, "https": proxy} if proxy else None)
         except requests.RequestException as exc:
-            raise translate(exc) from exc
+            raise translate(exc, proxy) from exc
         if resp.status_code not in REDIRECT_STATUSES:
             return resp
         resp.close()
