@@ -164,6 +164,8 @@ class Downloader:
         proxies = Proxies()
         if proxies.problem():
             raise UsageError(proxies.problem())
+        if opts.dest.exists() and not opts.dest.is_dir():
+            raise UsageError(f"output folder {opts.dest} is a file, not a folder")
         try:
             opts.dest.mkdir(parents=True, exist_ok=True)
         except OSError as exc:

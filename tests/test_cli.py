@@ -124,6 +124,15 @@ def test_a_proxy_with_a_bad_port_is_a_usage_error_without_the_password(url, tmp_
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_an_output_folder_that_is_a_file_is_a_usage_error(url, tmp_path):
+    target = tmp_path / "taken"
+    target.write_text("keep me")
+    proc = run_cli("get", url("/gen/u.bin", size=1), "-d", str(target))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip() == f"downloader: output folder {target} is a file, not a folder"
+    assert target.read_text() == "keep me"
+
+
 def test_help_lists_exit_codes():
     proc = run_cli("get", "--help")
     assert proc.returncode == 0
