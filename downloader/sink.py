@@ -151,6 +151,10 @@ class PartFile:
         except OSError:
             return 0
 
+    def state_due(self) -> bool:
+        """Whether a throttled save (`force=False`) would write now."""
+        return time.monotonic() - self._last_save >= STATE_INTERVAL
+
     def save_state(self, key: str, size: int | None, validator: Validator, layout: str,
                    missing: list[tuple[int, int | None]], *, force: bool = True) -> None:
         """Write the state file atomically for the URL kept as `key` (Index.key: no password);

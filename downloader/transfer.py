@@ -601,6 +601,8 @@ class Transfer:
         self.part.close()
 
     def _save_state(self, force: bool = True) -> None:
+        if not force and not self.part.state_due():
+            return  # called for every chunk of a segmented file: the cheap check first
         missing = self.plan.missing() if self.layout == "segments" else [(self.plan.fetched(), self.size)]
         self.part.save_state(self.ctx.index.key(self.job.url), self.size, self.validator, self.layout, missing,
                              force=force)
