@@ -12,7 +12,6 @@ Proxies are http:// ones (https:// URLs go through them with CONNECT); a proxy U
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 from typing import Mapping
 from urllib.parse import urlsplit
@@ -86,6 +85,7 @@ class Proxies:
         return self._cache[key]
 
     def _bypass(self, host: str, port: int | None) -> bool:
+        import ipaddress  # only when a proxy is set and no_proxy lists something (not at start-up)
         address = _address(host)
         for entry in self._no:
             if entry == "*":
@@ -110,6 +110,7 @@ DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def _address(host: str):
+    import ipaddress  # only with a no_proxy list to check, and then once
     try:
         return ipaddress.ip_address(host)
     except ValueError:

@@ -81,9 +81,11 @@ def netrc_logins(path: str | None = None) -> dict[str, tuple[str, str]]:
     per batch; an unreadable or malformed file counts as none (as curl, wget and requests treat
     it). A URL without `user:password@` to one of these hosts (or, with a `default` entry, any
     host: key "") sends the login as Basic auth."""
-    import netrc
     import os
     path = path or os.environ.get("NETRC") or os.path.join(os.path.expanduser("~"), ".netrc")
+    if not os.path.isfile(path):
+        return {}
+    import netrc  # only when there is a file: most runs have none
     try:
         entries = netrc.netrc(path).hosts
     except (OSError, netrc.NetrcParseError):
