@@ -49,8 +49,8 @@ def _fail(message: str, code: int) -> "typer.Exit":
 def get(
     urls: Optional[List[str]] = typer.Argument(None, help="URLs to fetch; with none and no -i, stdin is "
                                                "read when it is not a terminal.", show_default=False),
-    input_file: Optional[str] = typer.Option(None, "-i", "--input-file", help="A URL file (plain or "
-                                             "aria2-style); '-' is stdin."),
+    input_file: List[str] = typer.Option([], "-i", "--input-file", help="A URL file (plain or "
+                                         "aria2-style); '-' is stdin; repeatable.", show_default=False),
     dest: Path = typer.Option(Path("."), "-d", "--dir", help="Output folder, created if missing."),
     mode: Mode = typer.Option(Mode.async_, "-m", "--mode", help="Engine."),
     jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Connections in flight at once, segments "
@@ -100,9 +100,11 @@ def get(
             reporter=reporter, report=report, keep_results=False)
         for url in urls or []:
             downloader.enqueue(url)
-        if input_file:
-            downloader.enqueue_file(input_file)
-        elif not urls:
+        if input_file.count("-") > 1:
+            raise UsageError("-i -: stdin can be read only once")
+        for path in input_file:
+            downloader.enqueue_file(path)
+        if not input_file and not urls:
             if sys.stdin is None or sys.stdin.isatty():
                 raise UsageError("no URLs: give them as arguments, with -i FILE, or on stdin")
             downloader.enqueue_file("-")

@@ -133,6 +133,18 @@ def test_an_output_folder_that_is_a_file_is_a_usage_error(url, tmp_path):
     assert target.read_text() == "keep me"
 
 
+def test_input_files_are_read_in_turn(url, tmp_path):
+    first, second = tmp_path / "a.txt", tmp_path / "b.txt"
+    first.write_text(url("/gen/one.bin", size=10) + "\n")
+    second.write_text(url("/gen/two.bin", size=20) + "\n")
+    proc = run_cli("get", "-i", str(first), "-i", "-", "-i", str(second), "-d", str(tmp_path / "out"),
+                   input=url("/gen/three.bin", size=30) + "\n")
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.is_file()) == ["one.bin", "three.bin", "two.bin"]
+    twice = run_cli("get", "-i", "-", "-i", "-", "-d", str(tmp_path / "out"), input="")
+    assert twice.returncode == 2 and "stdin can be read only once" in twice.stderr
+
+
 def test_help_lists_exit_codes():
     proc = run_cli("get", "--help")
     assert proc.returncode == 0
