@@ -16,15 +16,14 @@
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
 import signal
+import stat
 import sys
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -36,23 +35,16 @@ from .core.redirects import netrc_logins, redact
 from .core.results import FAILED, OK, Result, Results
 from .core.retry import RetryPolicy
 from .core.schedule import Feed, Scheduler
-from .core.sources import Deduplicator, Job, Notice, Rejected, jobs_from_urls, parse_lines
+from .core.sources import Job, jobs_from_urls, parse_lines
 from .errors import DiskError, UsageError
 from .index import Index
+from .intake import Intake, Source, lines_of
 from .progress import LineReporter
-from .transfer import Context, claim_name
+from .transfer import Context
 
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 """Exit codes of the CLI: everything done; some URL failed or some input line was rejected;
 usage error; interrupted."""
-
-
-class _Source:
-    """A named, lazily read input (command-line arguments, a URL file, stdin)."""
-
-    def __init__(self, name: str, items: Iterable) -> None:
-        self.name = name
-        self.items = items
 
 
 class Downloader:
@@ -71,86 +63,101 @@ class Downloader:
         self.reporter = reporter if reporter is not None else LineReporter()
         self.report = report
         self.keep_results = keep_results
-        self._sources: list[_Source] = []
+        self._sources: list[Source] = []
         self._last: Results | None = None
         self._interrupts = 0
         self._engine = None
         self._post = None
+        self._scheduler: Scheduler | None = None
+        self._intake: Intake | None = None
 
     # ------------------------------------------------------------------ building the batch
     def enqueue(self, *urls: str | Job) -> "Downloader":
         """Add URLs (or Job objects); each is checked when the batch runs."""
-        self._sources.append(_Source("argument", jobs_from_urls(list(urls))))
+        self._sources.append(Source("argument", jobs_from_urls(list(urls))))
         return self
 
     def enqueue_lines(self, lines: Iterable[str], name: str = "input") -> "Downloader":
         """Add a plain or aria2-style URL list, read lazily (a file object, sys.stdin, a list)."""
-        self._sources.append(_Source(name, parse_lines(lines)))
+        self._sources.append(Source(name, parse_lines(lines)))
         return self
 
     def enqueue_file(self, path: str | os.PathLike) -> "Downloader":
-        """Add a URL file; `-` is stdin. The file is opened now (a missing file is a UsageError)
-        and read as the batch runs."""
+        """Add a URL file; `-` is stdin. A regular file is opened now (a missing or unreadable
+        file is a UsageError); a named pipe when the batch reads it. Either is read as its lines
+        arrive: from a pipe, a URL starts as soon as its line is in."""
         if str(path) == "-":
-            return self.enqueue_lines(_stdin_lines(), "stdin")
+            return self.enqueue_lines(lines_of(sys.stdin.fileno()), "stdin")
         try:
-            with open(path, "rb") as probe:
-                head = probe.read(4096)
-            handle = open(path, encoding="utf-8", errors="surrogateescape", newline="")
+            kind = os.stat(path).st_mode
+            if stat.S_ISFIFO(kind):
+                return self.enqueue_lines(_fifo_lines(path), str(path))
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
         except OSError as exc:
             raise UsageError(f"cannot read URL file {path}: {exc.strerror or exc}") from exc
+        try:
+            head = os.pread(fd, 4096, 0)
+        except OSError as exc:
+            os.close(fd)
+            raise UsageError(f"cannot read URL file {path}: {exc.strerror or exc}") from exc
         if head.startswith((b"\xff\xfe", b"\xfe\xff")) or b"\x00" in head:
-            handle.close()
+            os.close(fd)
             raise UsageError(f"URL file {path} is not UTF-8 text"
                              + (" (it looks like UTF-16)" if head[:2] in (b"\xff\xfe", b"\xfe\xff") else ""))
-        return self.enqueue_lines(_closing_lines(handle), str(path))
+        return self.enqueue_lines(lines_of(fd, close=True), str(path))
 
     # ------------------------------------------------------------------ running it
     def run(self) -> Results:
-        """Download everything enqueued so far; returns the batch's Results."""
+        """Download everything enqueued so far; returns the batch's Results. When the input holds
+        no URL, nothing is created (not even the output folder) and `Results.nothing_in` names the
+        sources that were read."""
         opts = self.options
         sums, post_tasks, proxies = self._check()
-        try:
-            index = Index(opts.dest)
-        except DiskError as exc:
-            raise UsageError(f"cannot write in output folder {opts.dest}: {exc}") from exc
         sources, self._sources = self._sources, []
         results = Results(keep=self.keep_results)
         self._last = results
-        try:
-            recorder = _Recorder(results, self.reporter, self.report, opts.manifest)
-        except UsageError:
-            index.close()
-            raise
-        feed = Feed(self._jobs(sources, results, index))
-        scheduler = Scheduler(feed, per_host=opts.per_host, connections=opts.jobs)
-        post = self._post = _post_stage(opts, post_tasks, recorder)
-        ctx = Context(options=opts, index=index, scheduler=scheduler, reporter=self.reporter,
-                      policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),
-                      rng=random.Random(opts.seed),
-                      limiter=TokenBucket(opts.max_speed) if opts.max_speed else None, sums=sums,
-                      want_sha256=opts.manifest is not None, proxies=proxies, logins=netrc_logins(),
-                      signal_handler=self._on_signal)
-        ctx.post_submit = post.submit if post else recorder.record
-        ctx.post_submit_async = post.submit_async if post else _as_async(recorder.record)
+        recorder = _Recorder(results, self.reporter, self.report, opts.manifest)
+        intake = self._intake = Intake(sources, opts, sums, self.reporter, recorder.record, results.reject)
+        feed = Feed(intake.batches())
+        scheduler = self._scheduler = Scheduler(feed, per_host=opts.per_host, connections=opts.jobs)
         self._interrupts = 0
         previous = _install_signals(self._on_signal)
-        feed.start()  # reading the input and claiming names overlaps with importing the engine
+        feed.start()  # reading the input overlaps with opening the index and importing the engine
+        index = post = None
         try:
+            if not intake.wait_for_first():
+                if not scheduler.stopping and feed.error is None:
+                    results.nothing_in = ", ".join(dict.fromkeys(s.name for s in sources)) or "the input"
+                return results
+            index = _open_index(opts.dest)
+            intake.open(index)
+            post = self._post = _post_stage(opts, post_tasks, recorder)
+            ctx = Context(options=opts, index=index, scheduler=scheduler, reporter=self.reporter,
+                          policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),
+                          rng=random.Random(opts.seed),
+                          limiter=TokenBucket(opts.max_speed) if opts.max_speed else None, sums=sums,
+                          want_sha256=opts.manifest is not None, proxies=proxies, logins=netrc_logins(),
+                          signal_handler=self._on_signal)
+            ctx.post_submit = post.submit if post else recorder.record
+            ctx.post_submit_async = post.submit_async if post else _as_async(recorder.record)
             engine = self._engine = _engine(opts.mode)(ctx, opts.jobs)
+            if scheduler.stopping:
+                engine.stop()
             engine.run()
         finally:
             _install_signals(self._on_signal)  # the async engine's loop hands them back to the default
+            intake.abort()
             if post is not None:
                 post.close(cancel=scheduler.stopping)
             _restore_signals(previous)
-            index.close()
-            if index.warning:
-                self.reporter.message(index.warning)
+            if index is not None:
+                index.close()
+                if index.warning:
+                    self.reporter.message(index.warning)
             results.interrupted = scheduler.stopping
             results.finished = time.monotonic()
             recorder.close()
-            self._engine = self._post = None
+            self._engine = self._post = self._scheduler = self._intake = None
         if isinstance(feed.error, DiskError):
             raise feed.error
         if feed.error is not None and not isinstance(feed.error, KeyboardInterrupt):
@@ -166,18 +173,15 @@ class Downloader:
             raise UsageError(proxies.problem())
         if opts.dest.exists() and not opts.dest.is_dir():
             raise UsageError(f"output folder {opts.dest} is a file, not a folder")
-        try:
-            opts.dest.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UsageError(f"cannot create output folder {opts.dest}: {exc.strerror or exc}") from exc
         if opts.checksum:
             try:
                 parse_checksum(opts.checksum)
             except ValueError as exc:
                 raise UsageError(f"--checksum: {exc}") from exc
-        manifest_folder = opts.manifest.parent if opts.manifest is not None else None
-        if manifest_folder is not None and not os.access(manifest_folder, os.W_OK):
-            raise UsageError(f"--manifest: cannot write in {manifest_folder}")
+        if opts.manifest is not None:
+            folder = _nearest_existing(opts.manifest.parent)
+            if not folder.is_dir() or not os.access(folder, os.W_OK):
+                raise UsageError(f"--manifest: cannot write in {opts.manifest.parent}")
         post_tasks = ()
         if opts.post:
             from .postprocess import parse_post_spec
@@ -192,42 +196,32 @@ class Downloader:
         if self._last is None:
             raise UsageError("retry_failed() before run()")
         failed = [Job(url=r.url, line=r.line) for r in self._last.failures]
-        self._sources.append(_Source("retry", iter(failed)))
+        self._sources.append(Source("retry", iter(failed)))
         return self.run()
 
     def stop(self) -> None:
-        """Ask a running batch to stop as the first Ctrl-C does (from another thread): start
-        nothing new, let chunks in flight land, drop post tasks not started yet."""
+        """Ask a running batch to stop as the first Ctrl-C does (from another thread, or from a
+        signal handler at any moment of the run, even before the engine is up): start nothing
+        new, let chunks in flight land, drop post tasks not started yet."""
+        if self._scheduler is not None:
+            self._scheduler.stop()
+        if self._intake is not None:
+            self._intake.abort()
         if self._engine is not None:
             self._engine.stop()
         if self._post is not None:
             self._post.cancel()
 
     # ------------------------------------------------------------------ internals
-    def _jobs(self, sources: list[_Source], results: Results, index: Index) -> Iterator[Job]:
-        """The jobs of every source in turn, duplicates dropped, bad lines reported, names claimed
-        in input order (runs in the feed thread)."""
-        seen = Deduplicator()
-        count = 0
-        for source in sources:
-            for item in source.items:
-                if isinstance(item, Job):
-                    if seen.first_time(item.url):
-                        count += 1
-                        yield replace(item, target=claim_name(index, item))
-                elif isinstance(item, Rejected):
-                    results.reject(item)
-                    where = f"{source.name} line {item.line}" if item.line else source.name
-                    self.reporter.message(f"{where}: {item.reason}: {item.text!r} (skipped)")
-                elif isinstance(item, Notice):
-                    self.reporter.message(f"{source.name} {item}")
-        self.reporter.set_total(count)
-
     def _on_signal(self, signum, frame=None) -> None:
         self._interrupts += 1
         if self._interrupts == 1:
-            self.reporter.message("interrupted: finishing the chunks in flight and saving state "
-                                  "(Ctrl-C again to quit at once)")
+            if signum == signal.SIGINT:
+                self.reporter.message("interrupted: finishing the chunks in flight and saving state "
+                                      "(Ctrl-C again to quit at once)")
+            else:
+                self.reporter.message(f"{signal.Signals(signum).name}: finishing the chunks in flight and "
+                                      "saving state")
             self.stop()
         else:
             self.reporter.message("interrupted again: quitting now; partial files stay as .part")
@@ -263,9 +257,12 @@ def _kill_children() -> None:
             pass
 
 
-def download(urls: Iterable[str], dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
+def download(urls: Iterable[str] | str, dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
              **options) -> Results:
-    """Download `urls` into `dest`; returns Results (ok, skipped, failed, totals)."""
+    """Download `urls` (a list of URLs, or one URL as a string) into `dest`; returns Results
+    (ok, skipped, failed, interrupted, totals)."""
+    if isinstance(urls, (str, Job)):
+        urls = [urls]
     return Downloader(dest, mode=mode, jobs=jobs, **options).enqueue(*urls).run()
 
 
@@ -287,6 +284,8 @@ class _Recorder:
         self._manifest_rows = tempfile.TemporaryFile("w+", encoding="utf-8") if manifest else None
 
     def record(self, result: Result) -> None:
+        if result.status == FAILED:
+            self.reporter.message(f"failed: {redact(result.url)}: {result.error}")
         with self._lock:
             self.results.add(result)
             if self._report is not None:
@@ -302,7 +301,7 @@ class _Recorder:
             self._report.close()
         elif self._report is not None:
             self._report.flush()
-        if self._manifest_rows is not None:
+        if self._manifest_rows is not None and len(self.results):
             _write_manifest(self._manifest, self._manifest_rows)
         self.reporter.close()
 
@@ -314,6 +313,7 @@ def _write_manifest(manifest: Path, rows) -> None:
     base = manifest.resolve().parent
     tmp = manifest.with_name(manifest.name + ".tmp")
     try:
+        base.mkdir(parents=True, exist_ok=True)
         with open(tmp, "w", encoding="utf-8") as out:
             for row in rows:
                 digest, path = row.rstrip("\n").split("\t", 1)
@@ -405,15 +405,29 @@ def _engine(mode: str):
     return ThreadEngine
 
 
-def _closing_lines(handle: io.TextIOBase) -> Iterator[str]:
-    with handle:
-        yield from handle
+def _nearest_existing(path: Path) -> Path:
+    """`path`, or its closest ancestor that exists (a folder not made yet is made by the run)."""
+    path = path.absolute()
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
-def _stdin_lines() -> Iterator[str]:
-    stream = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8", errors="surrogateescape", newline="") \
-        if hasattr(sys.stdin, "buffer") else sys.stdin
-    yield from stream
+def _open_index(dest: Path) -> Index:
+    """The output folder (made when missing, once there is something to put in it) and its index."""
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create output folder {dest}: {exc.strerror or exc}") from exc
+    try:
+        return Index(dest)
+    except DiskError as exc:
+        raise UsageError(f"cannot write in output folder {dest}: {exc}") from exc
+
+
+def _fifo_lines(path) -> Iterator[str]:
+    """Lines of a named pipe, opened only when the batch reads it (opening waits for a writer)."""
+    yield from lines_of(os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)), close=True)
 
 
 __all__ = ["Downloader", "download", "EXIT_OK", "EXIT_SOME_FAILED", "EXIT_USAGE", "EXIT_INTERRUPTED"]

@@ -62,6 +62,9 @@ def get(
                                 "that long), in seconds; never a cap on a whole transfer."),
     header: List[str] = typer.Option([], "--header", help="Extra request header 'Name: value' (repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Fetch again files that already exist."),
+    check_integrity: bool = typer.Option(False, "--check-integrity", help="Hash the files already there "
+                                         "against the sha256 the index recorded (and any digest given) and "
+                                         "fetch again those that differ."),
     segments: int = typer.Option(4, "-s", "--segments", min=1, help="Connections per file, for files that "
                                  "accept ranges."),
     min_segment_size: str = typer.Option("8M", "--min-segment-size", help="Smallest segment (e.g. 512K, 8M)."),
@@ -94,7 +97,8 @@ def get(
     try:
         downloader = api.Downloader(
             dest, mode=mode.value, jobs=jobs, per_host=per_host, retries=retries, timeout=timeout,
-            headers=header, overwrite=overwrite, segments=segments, min_segment_size=min_segment_size,
+            headers=header, overwrite=overwrite, check_integrity=check_integrity, segments=segments,
+            min_segment_size=min_segment_size,
             max_speed=max_speed, checksum=checksum, sums_file=sums, manifest=manifest, post=post,
             post_executor=post_executor.value, post_workers=post_workers, chunk_size=chunk_size,
             reporter=reporter, report=report, keep_results=False)
@@ -121,16 +125,15 @@ def get(
     raise typer.Exit(api.EXIT_OK if results.success else api.EXIT_SOME_FAILED)
 
 
-def _print_summary(results, limit: int = 20) -> None:
-    from .core.redirects import redact
+def _print_summary(results) -> None:
+    """The last lines of a run (failures were printed as they happened)."""
     err = sys.stderr
-    for result in results.failures[:limit]:
-        print(f"failed: {redact(result.url)}: {result.error}", file=err)
-    if results.counts["failed"] > limit:
-        print(f"... and {results.counts['failed'] - limit} more failures (see --report)", file=err)
+    if results.nothing_in is not None:
+        print(f"nothing to download: no URLs in {results.nothing_in}", file=err)
+        return
     print(("interrupted: " if results.interrupted else "done: ") + results.summary(), file=err)
     if results.interrupted:
-        parked = any((r.error or "").startswith("interrupted") for r in results.failures)
+        parked = results.counts["interrupted"] > 0
         print("partial files are kept as .part: " if parked else "", "run the same command again to resume",
               sep="", file=err)
 

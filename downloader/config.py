@@ -98,6 +98,9 @@ class Options:
     """Extra request headers for every URL (a URL file can add its own)."""
     overwrite: bool = False
     """Fetch again files that already exist (by default a complete file is skipped)."""
+    check_integrity: bool = False
+    """Hash every complete file the index has a sha256 for (as well as those with a digest given)
+    and fetch again those that differ, as aria2's option of that name does."""
     segments: int = 4
     """Connections per file, for files that accept ranges and are large enough."""
     min_segment_size: int = 8 * 1024 * 1024
@@ -130,7 +133,7 @@ class Options:
     @classmethod
     def build(cls, dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
               per_host: int | None = None, retries: int = 5, timeout: str | float = 30.0,
-              headers=(), overwrite: bool = False, segments: int = 4,
+              headers=(), overwrite: bool = False, check_integrity: bool = False, segments: int = 4,
               min_segment_size: str | int = "8M", max_speed: str | int | None = None,
               checksum: str | None = None, sums_file=None, manifest=None,
               chunk_size: str | int = 256 * 1024, post=(), post_executor: str = "process",
@@ -160,7 +163,8 @@ class Options:
         if mode == "sequential":
             jobs = 1
         return cls(dest=Path(dest), mode=mode, jobs=jobs, per_host=per_host, retries=retries,
-                   timeout=timeout_s, headers=parsed_headers, overwrite=overwrite, segments=segments,
+                   timeout=timeout_s, headers=parsed_headers, overwrite=overwrite,
+                   check_integrity=bool(check_integrity), segments=segments,
                    min_segment_size=max(1, parse_size(min_segment_size, "--min-segment-size")),
                    max_speed=parse_rate(max_speed), checksum=checksum,
                    sums_file=Path(sums_file) if sums_file else None,

@@ -8,6 +8,7 @@ not grow with the number of URLs, and several processes may share a folder.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
@@ -15,9 +16,13 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core.naming import STATE_DIR, disambiguate
+from .core.naming import STATE_DIR, STATE_SUFFIX, disambiguate
 from .core.redirects import redact, url_key
 from .errors import DiskError
+
+FLUSH_AT = 4096
+"""Completion records queued before the thread that completes a file writes them itself (the
+feed thread writes them with every batch of names it claims)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB);
@@ -49,6 +54,7 @@ class Index:
         folder = dest / STATE_DIR
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            created = not (folder / "index.sqlite").exists()
             self._db = sqlite3.connect(folder / "index.sqlite", timeout=30, isolation_level=None,
                                        check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -62,6 +68,10 @@ class Index:
         self._lock = threading.Lock()
         self._pending: deque[tuple] = deque()
         self.path = folder / "index.sqlite"
+        self.orphans = created and _has_state_files(dest)
+        """Whether `.part.state` files may exist that no claim in this index accounts for (the index
+        is new, in a folder that has some): then every job looks for one, not only those whose
+        name was claimed before."""
         self.warning: str | None = None
         """Set when the index could not be updated (a full disk); the batch itself went on."""
 
@@ -81,7 +91,7 @@ class Index:
         self._db.create_function("url_key", 1, self.key, deterministic=True)
         old = "instr(url, '@') > 0 AND redact(url) != url"
         if self._db.execute(f"SELECT 1 FROM files WHERE {old} LIMIT 1").fetchone():
-            with self._db:
+            with self._transaction():
                 self._db.execute(f"UPDATE OR IGNORE files SET url = url_key(url) WHERE {old}")
                 self._db.execute(f"DELETE FROM files WHERE {old}")
 
@@ -111,6 +121,52 @@ class Index:
             raise DiskError(f"cannot record file names in {self.path}: {exc}",
                             disk_full="full" in str(exc)) from exc
 
+    def known(self, urls: list[str]) -> list[Entry | None]:
+        """What the index knows of each URL, in one query per 500 URLs (a re-run's skip path)."""
+        keys = [self.key(url) for url in urls]
+        try:
+            with self._lock:
+                found = self._entries(keys)
+        except sqlite3.Error as exc:
+            raise DiskError(f"cannot read the index {self.path}: {exc}") from exc
+        return [found.get(key) for key in keys]
+
+    def claim_many(self, wants: list[tuple[str, str]]) -> list[str]:
+        """`claim` for many `(url, name)` pairs in one transaction, in order; the completion
+        records queued so far are written with them. Either every claim is on disk when this
+        returns, or none is and DiskError is raised."""
+        try:
+            with self._lock:
+                with self._transaction():
+                    names = [self._claim(self.key(url), name) for url, name in wants]
+                self._flush_locked()
+        except sqlite3.Error as exc:
+            raise DiskError(f"cannot record file names in {self.path}: {exc}",
+                            disk_full="full" in str(exc)) from exc
+        return names
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One explicit transaction (the connection is in autocommit mode, where every statement,
+        each row of an executemany included, would otherwise be a transaction of its own)."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _entries(self, keys: list[str]) -> dict[str, Entry]:
+        found = {}
+        for start in range(0, len(keys), 500):
+            part = keys[start:start + 500]
+            rows = self._db.execute("SELECT url, name, complete, size, sha256 FROM files WHERE url IN "
+                                    f"({','.join('?' * len(part))})", part)
+            for url, name, complete, size, sha256 in rows:
+                found[url] = Entry(name, bool(complete), size, sha256)
+        return found
+
     def _claim(self, url: str, name: str) -> str:
         row = self._db.execute("SELECT name FROM files WHERE url=?", (url,)).fetchone()
         if row and row[0] == name:
@@ -127,27 +183,41 @@ class Index:
                 candidate, salt = folder + slash + disambiguate(base, salt), salt + "#"
 
     def complete(self, url: str, size: int | None, sha256: str | None) -> None:
-        """Record a complete file. Records are written in batches (a crash that loses the last few
-        costs nothing: a file under its final name counts as complete anyway)."""
+        """Record a complete file. Records are queued and written in batches, by the feed thread
+        with each batch of claims, or here once many are queued: a crash loses at most the
+        records not written yet, which costs nothing, since a file under its final name counts as
+        complete anyway (its size is then simply not known to the next run)."""
         # a deque needs no lock to append to: the database's lock, which the feed thread holds
         # while it claims names, is taken only to write a full batch
         self._pending.append((size, sha256, self.key(url)))
-        if len(self._pending) >= 256:
-            with self._lock:
-                self._flush()
+        if len(self._pending) >= FLUSH_AT:
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Write the completion records queued so far."""
+        with self._lock:
+            self._flush_locked()
+
+    def _flush_locked(self) -> None:
         """Write the pending completion records (the caller holds the lock). Losing them costs
         nothing but a note: a file under its final name counts as complete on the next run anyway."""
         if self._pending:
             pending = [self._pending.popleft() for _ in range(len(self._pending))]
             try:
-                with self._db:
+                with self._transaction():
                     self._db.executemany("UPDATE files SET complete=1, size=?, sha256=? WHERE url=?", pending)
             except sqlite3.Error as exc:
                 self.warning = f"could not update the index {self.path}: {exc} (the files themselves are fine)"
 
     def close(self) -> None:
         with self._lock:
-            self._flush()
+            self._flush_locked()
             self._db.close()
+
+
+def _has_state_files(dest: Path) -> bool:
+    """Whether any `.part.state` file lies in `dest` or below (stops at the first)."""
+    for _, _, files in os.walk(dest):
+        if any(name.endswith(STATE_SUFFIX) for name in files):
+            return True
+    return False

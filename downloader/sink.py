@@ -73,10 +73,12 @@ def _disjoint_within(ranges: list[tuple[int, int]], size: int) -> bool:
 class PartFile:
     """One download's `.part` and state file, beside where the final file will go."""
 
-    def __init__(self, final: Path) -> None:
-        self.final = final
-        self.part = final.with_name(final.name + PART_SUFFIX)
-        self.state = final.with_name(final.name + STATE_SUFFIX)
+    def __init__(self, final: str | os.PathLike) -> None:
+        self.final = os.fspath(final)
+        """Paths are plain strings: a tiny file's whole download costs a few system calls, and
+        building Path objects for them would cost more than the calls."""
+        self.part = self.final + PART_SUFFIX
+        self.state = self.final + STATE_SUFFIX
         self._fd: int | None = None
         self._last_save = 0.0
         self.state_written = False
@@ -88,13 +90,14 @@ class PartFile:
         as states were kept before), checked against the `.part` on disk; None when there is
         nothing usable (no state, another URL, a damaged file)."""
         try:
-            text = self.state.read_text("utf-8")
-        except OSError:
+            with open(self.state, encoding="utf-8") as fh:
+                text = fh.read()
+        except (OSError, ValueError):
             return None
         self.state_written = True
         try:
             data = json.loads(text)
-            part_size = self.part.stat().st_size
+            part_size = os.stat(self.part).st_size
         except (OSError, ValueError):
             return None
         if not isinstance(data, dict) or data.get("version") != STATE_VERSION or \
@@ -128,7 +131,7 @@ class PartFile:
             try:
                 self._fd = os.open(self.part, flags, 0o644)
             except FileNotFoundError:  # the first file of its folder: make the folder, once
-                self.final.parent.mkdir(parents=True, exist_ok=True)
+                os.makedirs(os.path.dirname(self.final) or ".", exist_ok=True)
                 self._fd = os.open(self.part, flags, 0o644)
         except OSError as exc:
             raise disk_error(exc, self.part) from exc
@@ -147,7 +150,7 @@ class PartFile:
 
     def size_on_disk(self) -> int:
         try:
-            return self.part.stat().st_size
+            return os.stat(self.part).st_size
         except OSError:
             return 0
 
@@ -167,7 +170,7 @@ class PartFile:
             self._guard(os.fdatasync, self._fd)
         data = {"version": STATE_VERSION, "url": key, "size": size, "validator": validator.to_json(),
                 "layout": layout, "missing": [list(r) for r in missing]}
-        tmp = self.state.with_name(self.state.name + ".tmp")
+        tmp = self.state + ".tmp"
         try:
             with open(tmp, "w", encoding="utf-8") as fh:
                 json.dump(data, fh)
@@ -200,9 +203,9 @@ class PartFile:
         self._unlink(self.state)
 
     @staticmethod
-    def _unlink(path: Path) -> None:
+    def _unlink(path: str) -> None:
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             pass
 

@@ -20,6 +20,7 @@ Decisions come from `core` (naming, ranges, retry, redirects, digests); bytes go
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +35,7 @@ from .core.proxies import Proxies
 from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
                           judge, length_disagrees, parse_content_range, range_header)
 from .core.redirects import basic_auth, headers_for, next_hop, redact, split_userinfo
-from .core.results import FAILED, OK, SKIPPED, Result
+from .core.results import FAILED, INTERRUPTED, OK, SKIPPED, Result
 from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from .core.schedule import Scheduler
 from .core.sources import Job
@@ -126,6 +127,8 @@ class Transfer:
         self.expected: list[Expected] = []
         self.requests = 0
         self.received = 0
+        """Bytes of bodies taken in this run (what the progress display counts)."""
+        self._written_before = 0
         self.http_status: int | None = None
         self.error: TransferError | None = None
         self.restart_reason: str | None = None
@@ -148,27 +151,37 @@ class Transfer:
         return self.dest / self.name
 
     def begin(self) -> Result | Segment:
-        """A Result when the file is already there (nothing is fetched), else the first segment.
-        Any file under the job's final name counts as already there (final names only ever hold
-        complete files); `--overwrite` fetches it again."""
+        """The first segment to fetch (or a Result, for a job whose name must be claimed here, when
+        its file turns out to be there already). The intake has already answered the files that
+        are there (core.existing); a job it sends on is fetched, resuming what an earlier run left
+        when one may have (`Job.resume`)."""
         self._join()
-        self._set_name(self.job.target or claim_name(self.ctx.index, self.job))
-        if not self.ctx.options.overwrite and self._present(self.name):
-            return self._skip()
-        saved = self.part.saved(self.ctx.index.key(self.job.url), self.job.url)
-        if saved and saved.validator.if_range() and saved.have > 0:
-            return self._resume(saved)
+        if self.job.target is None:  # a job that did not come through the intake (tests, tools)
+            self._set_name(claim_name(self.ctx.index, self.job))
+            if not self.ctx.options.overwrite and self._present(self.name):
+                return self._skip()
+        else:
+            self._set_name(self.job.target)
+        if self.job.resume:
+            saved = self.part.saved(self.ctx.index.key(self.job.url), self.job.url)
+            if saved and saved.validator.if_range() and saved.have > 0:
+                return self._resume(saved)
         return self._probe()
 
     def _wanted_name(self, content_disposition: str | None) -> str:
         return relative_target(self.url, content_disposition, out=self.job.name, subdir=self.job.subdir)
 
     def _present(self, name: str) -> bool:
-        return (self.dest / name).is_file()
+        return os.path.isfile(os.path.join(self.dest, name))
+
+    def _path(self) -> str:
+        """Where the file goes, as the output folder was given ("out/a.iso", or "a.iso" for ".")."""
+        dest = str(self.dest)
+        return self.name if dest == "." else os.path.join(dest, self.name)
 
     def _set_name(self, name: str) -> None:
         self.name = name
-        self.part = PartFile(self.dest / name)
+        self.part = PartFile(os.path.join(self.dest, name))
         self.expected = self._static_digests()
 
     def _static_digests(self) -> list[Expected]:
@@ -177,7 +190,8 @@ class Transfer:
             found.append(parse_checksum(self.job.checksum, "checksum= in the URL file"))
         if self.ctx.options.checksum:
             found.append(parse_checksum(self.ctx.options.checksum, "--checksum"))
-        by_name = self.ctx.sums.get(Path(self.name).name) or self.ctx.sums.get(self.name)
+        by_name = self.ctx.sums.get(os.path.basename(self.name)) or self.ctx.sums.get(self.name) \
+            if self.ctx.sums else None
         if by_name:
             found.append(by_name)
         return found
@@ -187,10 +201,10 @@ class Transfer:
         self.part.open(fresh=False)
         if saved.layout == "stream":
             have = saved.have
-            self.plan = SegmentPlan(saved.size or UNKNOWN_END, [(have, saved.size or UNKNOWN_END)])
+            self._new_plan(SegmentPlan(saved.size or UNKNOWN_END, [(have, saved.size or UNKNOWN_END)]))
             self._start_hasher(prefix=have)
         else:
-            self.plan = SegmentPlan(saved.size, saved.missing, max_connections=self._max_connections(True))
+            self._new_plan(SegmentPlan(saved.size, saved.missing, max_connections=self._max_connections(True)))
             self._start_prefix_hasher()
         self._open_bar()
         self._now_sized()
@@ -201,7 +215,7 @@ class Transfer:
         return first
 
     def _probe(self) -> Segment:
-        self.plan = None
+        self._new_plan(None)
         return Segment(0, UNKNOWN_END, owned=True)
 
     def _skip(self) -> Result:
@@ -301,7 +315,7 @@ class Transfer:
         # what this response carries; a one-stream file stays all this connection's
         if connections > 1 and ranged_end is not None and ranged_end < total:
             seg.end = ranged_end
-        self.plan = SegmentPlan(total, [(seg.end, total)], max_connections=connections)
+        self._new_plan(SegmentPlan(total, [(seg.end, total)], max_connections=connections))
         self.plan.add(seg)
         self._now_sized()
         if status == 416:
@@ -323,8 +337,9 @@ class Transfer:
             return content_length(headers), None
         if status == 206:
             crange = parse_content_range(headers.get("Content-Range"))
-            if length_disagrees(headers):
-                raise IncompleteBody(length_disagrees(headers))
+            disagreement = length_disagrees(headers, crange)
+            if disagreement:
+                raise IncompleteBody(disagreement)
             if crange and crange[0] == 0 and crange[2] is not None:
                 return crange[2], crange[1] + 1
         if status == 416 and (headers.get("Content-Range") or "").replace(" ", "").endswith("*/0"):
@@ -390,7 +405,7 @@ class Transfer:
         """A one-stream file whose server cannot prove a range: fetch it again from zero."""
         self._drain_writer()
         self.part.open(fresh=True)
-        self.plan = None
+        self._new_plan(None)
         seg.pos = seg.cursor = 0
         seg.end = UNKNOWN_END
         self._drop_hashers()
@@ -518,7 +533,7 @@ class Transfer:
             return self._start_over(self.restart_reason)
         if self.ctx.scheduler.stopping and not (self.plan and self.plan.done()):
             self._park()
-            return self._result(FAILED, error="interrupted: run the same command again to resume")
+            return self._result(INTERRUPTED, error="interrupted: run the same command again to resume")
         try:
             digests = self._verify()
             self.part.commit()
@@ -532,6 +547,8 @@ class Transfer:
             return self._give_up(exc)
         sha256 = digests.get("sha256")
         self.ctx.index.complete(self.job.url, self.size, sha256)
+        if self.job.replace:
+            self.ctx.reporter.message(f"replaced {self.name}: {self.job.replace}")
         return self._result(OK, size=self.size, sha256=sha256)
 
     def finish_blocks(self) -> bool:
@@ -547,7 +564,7 @@ class Transfer:
     def park_quietly(self) -> Result:
         """A connection is stuck past the stop grace period: keep what is on disk, report it."""
         self._park()
-        return self._result(FAILED, error="interrupted: run the same command again to resume")
+        return self._result(INTERRUPTED, error="interrupted: run the same command again to resume")
 
     def _verify(self) -> dict[str, str]:
         algorithms = self._algorithms()
@@ -607,6 +624,17 @@ class Transfer:
         self.part.save_state(self.ctx.index.key(self.job.url), self.size, self.validator, self.layout, missing,
                              force=force)
 
+    def _new_plan(self, plan: SegmentPlan | None) -> None:
+        """Replace the plan, keeping the count of bytes this run wrote to disk."""
+        if self.plan is not None:
+            self._written_before += self.plan.bytes_written
+        self.plan = plan
+
+    @property
+    def written(self) -> int:
+        """Bytes this run wrote to disk for this file (what the summary counts)."""
+        return self._written_before + (self.plan.bytes_written if self.plan is not None else 0)
+
     def _now_sized(self) -> None:
         """Tell the scheduler this file's size is known (its tail share counts it from now)."""
         if not self._sized:
@@ -621,9 +649,9 @@ class Transfer:
     def _result(self, status: str, *, size: int | None = None, sha256: str | None = None,
                 error: str | None = None) -> Result:
         self._now_sized()
-        path = str(self.dest / self.name) if self.name else None
+        path = self._path() if self.name and status in (OK, SKIPPED) else None
         result = Result(url=self.job.url, status=status, path=path, http_status=self.http_status,
-                        bytes=self.received, size=size, sha256=sha256, attempts=self.requests,
+                        bytes=self.written, size=size, sha256=sha256, attempts=self.requests,
                         seconds=round(time.monotonic() - self.started, 6), error=error, line=self.job.line)
         if self._bar_open:
             self.ctx.reporter.file_finished(self, result)

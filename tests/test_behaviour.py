@@ -20,7 +20,7 @@ def test_downloads_files_with_exact_bytes(fetch, url, server, tmp_path):
     from conftest import FIXTURES
     urls = [f"{server.url}/hello.txt", f"{server.url}/docs/manual.txt", url("/gen/one.bin", size=300_000)]
     results = fetch(urls)
-    assert results.counts == {"ok": 3, "skipped": 0, "failed": 0}
+    assert results.counts == {"ok": 3, "skipped": 0, "failed": 0, "interrupted": 0}
     out = tmp_path / "out"
     assert read(out / "hello.txt") == read(FIXTURES / "data/hello.txt")
     assert read(out / "manual.txt") == read(FIXTURES / "data/docs/manual.txt")
@@ -36,7 +36,7 @@ def test_rerun_fetches_nothing_that_is_complete(fetch, url, stats, tmp_path):
     assert (tmp_path / "out/named-by-server.bin").exists()
     before = stats(a)["requests"], stats(b)["requests"]
     again = fetch([a, b])
-    assert again.counts == {"ok": 0, "skipped": 2, "failed": 0}
+    assert again.counts == {"ok": 0, "skipped": 2, "failed": 0, "interrupted": 0}
     assert (stats(a)["requests"], stats(b)["requests"]) == before
 
 
@@ -169,7 +169,7 @@ def test_url_file_styles_junk_and_duplicates(fetch, url, server, stats, tmp_path
              f"{a}\n", "ftp://example.org/x\n"]
     results = fetch(lines=lines)
     out = tmp_path / "out"
-    assert results.counts == {"ok": 3, "skipped": 0, "failed": 0}
+    assert results.counts == {"ok": 3, "skipped": 0, "failed": 0, "interrupted": 0}
     assert [(r.line, r.text) for r in results.rejected] == [(4, "not a url"), (12, "ftp://example.org/x")]
     assert read(out / "a.bin") == gen_bytes(100)
     assert read(out / "sub2/renamed.bin") == gen_bytes(200)
@@ -247,11 +247,11 @@ def test_retry_failed_runs_only_the_failures_again(mode, url, tmp_path):
     good, flaky = url("/gen/good.bin", size=1000), url("/gen/flaky.bin", size=2000, fault="503", times=2)
     d = Downloader(tmp_path, mode=mode, retries=0, retry_base=0.01, reporter=RecordingReporter())
     first = d.enqueue(good, flaky).run()
-    assert first.counts == {"ok": 1, "skipped": 0, "failed": 1}
+    assert first.counts == {"ok": 1, "skipped": 0, "failed": 1, "interrupted": 0}
     second = d.retry_failed()
     assert [r.url for r in second] == [flaky] and second.counts["failed"] == 1
     third = d.retry_failed()
-    assert third.counts == {"ok": 1, "skipped": 0, "failed": 0}
+    assert third.counts == {"ok": 1, "skipped": 0, "failed": 0, "interrupted": 0}
     assert read(tmp_path / "flaky.bin") == gen_bytes(2000)
 
 

@@ -927,7 +927,7 @@ class TestResults:
         results.add(Result("https://h/a", OK, bytes=2048))
         results.add(Result("https://h/b", SKIPPED))
         results.add(Result("https://h/c", FAILED, error="HTTP 404"))
-        assert results.counts == {OK: 1, SKIPPED: 1, FAILED: 1}
+        assert results.counts == {OK: 1, SKIPPED: 1, FAILED: 1, "interrupted": 0}
         assert len(results) == 3 and results.total_bytes == 2048
         assert [r.url for r in results.failed] == ["https://h/c"]
         assert not results.success
@@ -957,7 +957,7 @@ class TestScheduler:
     def started_feed(jobs):
         done = threading.Event()
         calls = itertools.count(1)
-        feed = Feed(jobs, on_item=lambda: next(calls) > len(jobs) and done.set())
+        feed = Feed([[job] for job in jobs], on_item=lambda: next(calls) > len(jobs) and done.set())
         feed.start()
         assert done.wait(5)
         return feed
@@ -1264,8 +1264,8 @@ def part(tmp_path):
 
 class TestPartFile:
     def test_names_beside_the_final_file(self, part, tmp_path):
-        assert part.part == tmp_path / "file.bin.part"
-        assert part.state == tmp_path / "file.bin.part.state"
+        assert part.part == str(tmp_path / "file.bin.part")
+        assert part.state == str(tmp_path / "file.bin.part.state")
 
     def test_stream_resume_point_is_the_part_size_even_when_the_state_says_less(self, part):
         part.open(fresh=True)
@@ -1290,7 +1290,7 @@ class TestPartFile:
         saved = part.saved(URL)
         assert saved.layout == "segments" and saved.missing == [(100, 500), (600, 1000)]
         assert saved.have == 200 and saved.validator == V
-        assert json.loads(part.state.read_text())["url"] == URL
+        assert json.loads(Path(part.state).read_text())["url"] == URL
 
     def test_state_keeps_a_password_masked_and_still_matches(self, part, tmp_path):
         index = Index(tmp_path)
@@ -1301,19 +1301,19 @@ class TestPartFile:
         part.open(fresh=True)
         part.write(0, b"x" * 10)
         part.save_state(key, 100, V, "stream", [(10, 100)])
-        assert "pw-9" not in part.state.read_text()
+        assert "pw-9" not in Path(part.state).read_text()
         assert part.saved(key, secret).have == 10
         assert part.saved(index.key(other), other) is None  # another password: another file
-        state = json.loads(part.state.read_text())
+        state = json.loads(Path(part.state).read_text())
         state["url"] = secret  # a state file from before URLs were masked is still this URL's
-        part.state.write_text(json.dumps(state))
+        Path(part.state).write_text(json.dumps(state))
         assert part.saved(key, secret).have == 10
         index.close()
 
     def test_save_state_can_be_throttled(self, part):
         part.save_state(URL, 10, V, "stream", [(0, 10)])
         part.save_state("https://other/", 10, V, "stream", [(0, 10)], force=False)
-        assert json.loads(part.state.read_text())["url"] == URL
+        assert json.loads(Path(part.state).read_text())["url"] == URL
 
     def test_nothing_usable_for_another_url(self, part):
         part.open(fresh=True)
@@ -1327,14 +1327,14 @@ class TestPartFile:
                                        '{"version": 1, "url": "%s", "layout": "segments", "size": 10, '
                                        '"missing": [["a", "b"]]}' % URL])
     def test_nothing_usable_from_a_damaged_state(self, part, state):
-        part.part.write_bytes(b"x")
-        part.state.write_text(state)
+        Path(part.part).write_bytes(b"x")
+        Path(part.state).write_text(state)
         assert part.saved(URL) is None
 
     @pytest.mark.parametrize("state", ["[]", "null", "42", '"text"'])
     def test_nothing_usable_from_a_state_that_is_not_an_object(self, part, state):
-        part.part.write_bytes(b"x")
-        part.state.write_text(state)
+        Path(part.part).write_bytes(b"x")
+        Path(part.state).write_text(state)
         assert part.saved(URL) is None
 
     def test_nothing_usable_without_the_part(self, part):
@@ -1361,7 +1361,7 @@ class TestPartFile:
         part.open(fresh=False)
         part.write(5, b" world")
         part.close()
-        assert part.part.read_bytes() == b"hello world"
+        assert Path(part.part).read_bytes() == b"hello world"
         part.open(fresh=True)
         assert part.size_on_disk() == 0
 
@@ -1370,22 +1370,22 @@ class TestPartFile:
         part.write(4, b"tail")
         part.write(0, b"he")
         part.close()
-        assert part.part.read_bytes() == b"he\x00\x00tail"
+        assert Path(part.part).read_bytes() == b"he\x00\x00tail"
 
     def test_commit_renames_and_removes_the_state(self, part):
         part.open(fresh=True)
         part.write(0, b"complete")
         part.save_state(URL, 8, V, "stream", [(8, 8)])
         part.commit()
-        assert part.final.read_bytes() == b"complete"
-        assert not part.part.exists() and not part.state.exists()
+        assert Path(part.final).read_bytes() == b"complete"
+        assert not Path(part.part).exists() and not Path(part.state).exists()
 
     def test_discard_removes_part_and_state(self, part):
         part.open(fresh=True)
         part.write(0, b"bad")
         part.save_state(URL, 3, V, "stream", [(3, 3)])
         part.discard()
-        assert not part.part.exists() and not part.state.exists() and not part.final.exists()
+        assert not Path(part.part).exists() and not Path(part.state).exists() and not Path(part.final).exists()
 
     def test_full_disk_is_a_disk_error_saying_so(self, part, monkeypatch):
         def full(fd, data, offset):
@@ -1399,7 +1399,7 @@ class TestPartFile:
         assert "disk full" in str(info.value) and "file.bin.part" in str(info.value)
         monkeypatch.undo()
         part.close()
-        assert part.part.read_bytes() == b"kept"
+        assert Path(part.part).read_bytes() == b"kept"
 
     def test_a_zero_length_write_is_a_full_disk(self, part, monkeypatch):
         part.open(fresh=True)
@@ -1424,7 +1424,7 @@ class TestPartFile:
         part.write(2, b"0123456789")
         monkeypatch.undo()
         part.close()
-        assert part.part.read_bytes() == b"\x00\x000123456789"
+        assert Path(part.part).read_bytes() == b"\x00\x000123456789"
 
 
 class TestStreamHasher:
@@ -1572,7 +1572,7 @@ def test_per_host_cap_counts_connections_in_the_scheduler():
     from downloader.core.schedule import WAIT, Feed, Scheduler, Start
     from downloader.core.sources import Job
     jobs = [Job(f"http://a.example/{i}") for i in range(3)] + [Job("http://b.example/x")]
-    feed = Feed(iter(jobs))
+    feed = Feed(iter([jobs]))
     feed._run()  # fill the queue synchronously
     scheduler = Scheduler(feed, per_host=1, connections=8)
     first, second = scheduler.poll(), scheduler.poll()

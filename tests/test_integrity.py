@@ -36,7 +36,7 @@ def test_checksum_lines_in_an_aria2_list(fetch, url, tmp_path):
     lines = [f"{a}\n", f"  checksum=md5={hashlib.md5(gen_bytes(1000)).hexdigest()}\n",
              f"{b}\n", f"  checksum=sha-1={'1' * 40}\n"]
     results = fetch(lines=lines, retries=0)
-    assert results.counts == {"ok": 1, "skipped": 0, "failed": 1}
+    assert results.counts == {"ok": 1, "skipped": 0, "failed": 1, "interrupted": 0}
     assert "sha1 mismatch (checksum= in the URL file)" in results.failed[0].error
 
 

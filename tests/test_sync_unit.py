@@ -314,7 +314,7 @@ def test_thread_mode_runs_a_batch_over_several_workers(tmp_path):
     for i, url in enumerate(urls):
         responses.add(responses.GET, url, body=BODY * (i + 1))
     results = download(urls, tmp_path, mode="thread", jobs=3, reporter=RecordingReporter())
-    assert results.counts == {"ok": 6, "skipped": 0, "failed": 0}
+    assert results.counts == {"ok": 6, "skipped": 0, "failed": 0, "interrupted": 0}
     for i in range(6):
         assert (tmp_path / f"{i}.bin").read_bytes() == BODY * (i + 1)
 

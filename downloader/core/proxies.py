@@ -71,6 +71,8 @@ class Proxies:
 
     def for_url(self, url: str) -> str | None:
         """The proxy URL (maybe with `user:password@`) for `url`, or None to connect directly."""
+        if not self._proxy:
+            return None
         parts = urlsplit(url)
         scheme = parts.scheme.lower()
         host = (parts.hostname or "").lower().rstrip(".")

@@ -74,9 +74,12 @@ def content_length(headers) -> int | None:
     return int(value)
 
 
-def length_disagrees(headers) -> str | None:
-    """Why a 206's Content-Length and Content-Range cannot both be true, or None when they agree."""
-    crange, length = parse_content_range(headers.get("Content-Range")), content_length(headers)
+def length_disagrees(headers, crange: tuple | None | bool = False) -> str | None:
+    """Why a 206's Content-Length and Content-Range cannot both be true, or None when they agree
+    (`crange`: the Content-Range already parsed, when the caller has it)."""
+    if crange is False:
+        crange = parse_content_range(headers.get("Content-Range"))
+    length = content_length(headers)
     if crange is None or length is None or length == crange[1] - crange[0] + 1:
         return None
     return (f"the server's Content-Length ({length:,}) disagrees with its Content-Range "
@@ -123,8 +126,9 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
         if crange is None:
             return Verdict("restart", 0, None, "a 206 without a usable Content-Range")
         first, _last, total = crange
-        if length_disagrees(headers):
-            return Verdict("restart", 0, total, length_disagrees(headers))
+        disagreement = length_disagrees(headers, crange)
+        if disagreement:
+            return Verdict("restart", 0, total, disagreement)
         if first != start:
             return Verdict("restart", 0, total, f"asked for bytes from {start}, got them from {first}")
         if size is not None and total is not None and total != size:
@@ -178,6 +182,8 @@ class SegmentPlan:
         self.max_connections = max(1, max_connections)
         ranges = [(a, b) for a, b in (missing if missing is not None else [(0, size)]) if a < b]
         self.segments = [Segment(a, b) for a, b in sorted(ranges)]
+        self.bytes_written = 0
+        """Bytes `written` so far (bytes this run put on disk)."""
         self._lock = threading.Lock()
 
     @property
@@ -246,6 +252,7 @@ class SegmentPlan:
         """Record that `length` reserved bytes are now on disk."""
         with self._lock:
             seg.pos += length
+            self.bytes_written += length
             if seg.pos >= seg.end and not seg.owned and seg in self.segments:
                 self.segments.remove(seg)
 

@@ -69,6 +69,8 @@ def _host_port(parts) -> str:
 def split_userinfo(url: str) -> tuple[str, tuple[tuple[str, str], ...]]:
     """The URL without `user:password@`, and the Basic Authorization header it stood for. Every
     engine sends credentials the same way then, and they follow the rules of `headers_for`."""
+    if "@" not in url:
+        return url, ()
     parts = urlsplit(url)
     if parts.username is None and parts.password is None:
         return url, ()
@@ -114,6 +116,8 @@ def redact(url: str) -> str:
     """The URL as shown to people and kept on disk (messages, the report, the index): a password
     becomes `***`, and so does a user name given alone (often a token: `https://TOKEN@host/`).
     Never fails, whatever the URL holds (a bad port, a broken IPv6 literal)."""
+    if "@" not in url:
+        return url
     try:
         parts = urlsplit(url)
     except ValueError:

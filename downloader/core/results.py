@@ -11,17 +11,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-OK, SKIPPED, FAILED = "ok", "skipped", "failed"
+OK, SKIPPED, FAILED, INTERRUPTED = "ok", "skipped", "failed", "interrupted"
 
 
 @dataclass
 class Result:
-    """How one URL ended. `status` is "ok" (downloaded), "skipped" (already there) or "failed"."""
+    """How one URL ended. `status` is "ok" (downloaded), "skipped" (already there), "failed", or
+    "interrupted" (a stop came first; its `.part` is kept and a re-run resumes it)."""
 
     url: str
     status: str
     path: str | None = None
-    """Where the file is (or would have been), relative to the output folder's parent as given."""
+    """Where the file is, as the output folder was given ("out/a.iso"); None when there is no
+    file (a failed or interrupted download)."""
     http_status: int | None = None
     bytes: int = 0
     """Bytes received in this run (resumed bytes from before are not counted again)."""
@@ -32,7 +34,7 @@ class Result:
     seconds: float = 0.0
     error: str | None = None
     line: int = 0
-    """Input line number, 0 for URLs not from a file."""
+    """Input line number, 0 for URLs not from a file (null in the report)."""
     post: list = field(default_factory=list)
     """Post-processing results: dicts with task, value, cpu_seconds, pid, error."""
 
@@ -40,6 +42,7 @@ class Result:
         data = asdict(self)
         if not data["post"]:
             del data["post"]
+        data["line"] = data["line"] or None
         return data
 
 
@@ -60,16 +63,18 @@ class Results:
         self.rejected: list = []
         """Input lines that were not usable (core.sources.Rejected); see `reject`."""
         self.rejected_count = 0
-        self.counts = {OK: 0, SKIPPED: 0, FAILED: 0}
+        self.counts = {OK: 0, SKIPPED: 0, FAILED: 0, INTERRUPTED: 0}
         self.total_bytes = 0
         self.started = time.monotonic()
         self.finished: float | None = None
         self.interrupted = False
+        self.nothing_in: str | None = None
+        """Set when the input held no URL at all: the names of the sources read ("stdin")."""
 
     def add(self, result: Result) -> None:
         self.counts[result.status] += 1
         self.total_bytes += result.bytes
-        if result.status == FAILED and (self.keep or len(self.failures) < KEEP_AT_MOST):
+        if result.status in (FAILED, INTERRUPTED) and (self.keep or len(self.failures) < KEEP_AT_MOST):
             self.failures.append(result)
         if self.keep:
             self.items.append(result)
@@ -96,7 +101,12 @@ class Results:
 
     @property
     def failed(self) -> list[Result]:
-        return list(self.failures)
+        return [r for r in self.failures if r.status == FAILED]
+
+    @property
+    def unfinished(self) -> list[Result]:
+        """Interrupted downloads, the ones a re-run (or `Downloader.retry_failed`) resumes."""
+        return [r for r in self.failures if r.status == INTERRUPTED]
 
     @property
     def seconds(self) -> float:
@@ -112,6 +122,8 @@ class Results:
         seconds = max(self.seconds, 1e-9)
         text = (f"{self.counts[OK]} downloaded, {self.counts[SKIPPED]} already there, "
                 f"{self.counts[FAILED]} failed")
+        if self.counts[INTERRUPTED]:
+            text += f", {self.counts[INTERRUPTED]} interrupted"
         if self.rejected_count:
             text += f", {self.rejected_count} input line(s) rejected"
         return text + (f"; {human_bytes(self.total_bytes)} in {seconds:.2f} s "

@@ -53,18 +53,21 @@ def host_of(url: str) -> str:
 
 
 class Feed:
-    """Jobs read from their source in a thread of their own, through a bounded queue, so a slow
-    stdin never blocks an engine (or its event loop) and memory stays flat for any input size."""
+    """Batches of jobs made in a thread of their own (reading the input, claiming names: see
+    `intake`), through a bounded queue, so a slow stdin never blocks an engine (or its event loop)
+    and memory stays flat for any input size. A batch crosses from that thread to the engine's in
+    one hand-over, with one wake-up, whatever its length."""
 
-    def __init__(self, items: Iterable[Job], on_item: Callable[[], None] = lambda: None,
-                 maxsize: int = 1024) -> None:
+    def __init__(self, batches: Iterable[list[Job]], on_item: Callable[[], None] = lambda: None,
+                 maxsize: int = 8) -> None:
         self._queue: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._items = items
+        self._batches = batches
         self.on_item = on_item
-        """Called (on the feed's thread) after each item and at the end; the scheduler listens here."""
+        """Called (on the feed's thread) after each batch and at the end; the scheduler listens here."""
         self.produced = 0
         self.error: BaseException | None = None
         self.exhausted = False
+        self._ready: deque[Job] = deque()
         self._thread = threading.Thread(target=self._run, name="feed", daemon=True)
 
     def start(self) -> None:
@@ -72,9 +75,9 @@ class Feed:
 
     def _run(self) -> None:
         try:
-            for item in self._items:
-                self._queue.put(item)
-                self.produced += 1
+            for batch in self._batches:
+                self._queue.put(batch)
+                self.produced += len(batch)
                 self.on_item()
         except BaseException as exc:  # reported by the batch, not lost in a thread
             self.error = exc
@@ -83,16 +86,25 @@ class Feed:
             self.on_item()
 
     def try_next(self) -> Job | None | object:
-        """The next job, None when none is ready yet, `_END` after the last."""
+        """The next job, None when none is ready yet, `_END` after the last (one caller at a time:
+        the scheduler, under its lock)."""
+        if self._ready:
+            return self._ready.popleft()
         if self.exhausted:
             return _END
         try:
-            item = self._queue.get_nowait()
+            batch = self._queue.get_nowait()
         except queue.Empty:
             return None
-        if item is _END:
+        if batch is _END:
             self.exhausted = True
-        return item
+            return _END
+        self._ready.extend(batch)
+        return self._ready.popleft() if self._ready else None
+
+    def ready(self) -> int:
+        """Jobs handed over and not started yet (a guess for waking workers: no lock taken)."""
+        return len(self._ready) + self._queue.qsize()
 
 
 class Scheduler:
@@ -130,7 +142,7 @@ class Scheduler:
                         return Help(transfer, segment, host)
             job = self._next_job()
             if job is not None:
-                host = host_of(job.url)
+                host = job.host or host_of(job.url)
                 self._hosts[host] += 1
                 self._in_flight += 1
                 self._unsized += 1
@@ -140,16 +152,19 @@ class Scheduler:
             return WAIT
 
     def _next_job(self) -> Job | None:
+        if self.per_host is None:
+            item = self.feed.try_next()
+            return None if item is _END else item
         for _ in range(len(self._deferred)):
             job = self._deferred.popleft()
-            if self._host_free(host_of(job.url)):
+            if self._host_free(job.host or host_of(job.url)):
                 return job
             self._deferred.append(job)
         while len(self._deferred) < max(self.connections, 64):
             item = self.feed.try_next()
             if item is None or item is _END:
                 return None
-            if self._host_free(host_of(item.url)):
+            if self._host_free(item.host or host_of(item.url)):
                 return item
             self._deferred.append(item)
         return None

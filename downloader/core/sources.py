@@ -14,6 +14,11 @@ A `#fragment` is dropped: it never reaches the server, so `a#1` and `a#2` are on
 
 Because options come *after* their URL, a job is yielded when the next URL (or the end) shows up:
 a one-line look-ahead, never the whole file. A million-line list costs one job of memory here.
+
+A reader that sees its input go quiet (a pipe from a slow producer) puts `QUIET` in the stream of
+lines: the URL held for its options is yielded at once, so it starts without waiting for the next
+line, and `QUIET` is passed on so whoever batches the jobs sends them on too. An option line that
+arrives after its URL was sent on that way is rejected with a line that says so.
 """
 from __future__ import annotations
 
@@ -25,6 +30,15 @@ from .digests import parse_checksum
 
 OPTION_KEYS = ("out", "dir", "header", "checksum")
 """The aria2 per-URL options this tool applies."""
+
+
+class _Quiet:
+    def __repr__(self) -> str:
+        return "QUIET"
+
+
+QUIET = _Quiet()
+"""In a stream of lines (or of jobs): no more input is readable right now; send on what is held."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +58,14 @@ class Job:
     """"algo=hex" the bytes must match (aria2 `checksum=`)."""
     target: str | None = None
     """The name claimed for it in the output folder, relative to it (set when the batch reads it)."""
+    host: str = ""
+    """The URL's host, lower case (set with `target`; the scheduler counts connections by it)."""
+    resume: bool = True
+    """Whether an earlier run may have left a `.part` for it (False when its name was claimed just
+    now: nothing can have been written under a name before it is claimed)."""
+    replace: str | None = None
+    """Why the file already under its name must be fetched again and replaced (it did not match
+    its digest or the size the index recorded); None when there is no such file."""
 
 
 @dataclass(frozen=True)
@@ -88,9 +110,20 @@ def url_problem(text: str) -> str | None:
 
 
 def parse_lines(lines: Iterable[str], first_line: int = 1) -> Iterator[Job | Rejected | Notice]:
-    """Jobs, rejected lines and notices from an iterable of text lines, lazily and in input order."""
+    """Jobs, rejected lines and notices from an iterable of text lines, lazily and in input order
+    (`QUIET` markers in the lines are passed on, see the module docstring)."""
     pending: dict | None = None
-    for number, raw in enumerate(lines, first_line):
+    sent_early: int | None = None
+    """Line of the URL last sent on by a QUIET, while an option for it could still turn up."""
+    number = first_line - 1
+    for raw in lines:
+        if raw is QUIET:
+            if pending is not None:
+                yield _finish(pending)
+                sent_early, pending = pending["line"], None
+            yield QUIET
+            continue
+        number += 1
         if number == first_line:
             raw = raw.lstrip("\ufeff")
         text = raw.rstrip("\r\n")
@@ -101,10 +134,13 @@ def parse_lines(lines: Iterable[str], first_line: int = 1) -> Iterator[Job | Rej
         key, sep, value = stripped.partition("=")
         if indented and sep and key.strip() and "/" not in key and ":" not in key:
             if pending is None:
-                yield Rejected(number, stripped, "option line with no URL before it")
+                yield Rejected(number, stripped, "option line with no URL before it" if sent_early is None else
+                               f"option line arrived after the URL of line {sent_early} had started "
+                               "(write a URL and its options together)")
             else:
                 yield from _apply_option(pending, number, key.strip().lower(), value.strip())
             continue
+        sent_early = None
         if pending is not None:
             yield _finish(pending)
             pending = None
