@@ -198,7 +198,12 @@ def demo(
     unknown = [m for m in chosen if m not in ("sequential", "thread", "async")]
     if unknown or not chosen:
         raise _fail(f"--modes: {', '.join(unknown) or 'nothing'} is not one of sequential, thread, async", 2)
-    rows = run_demo(chosen, latency=latency, jobs=jobs, out=out)
+    try:
+        rows = run_demo(chosen, latency=latency, jobs=jobs, out=out)
+    except UsageError as exc:
+        raise _fail(str(exc), 2)
+    except DownloaderError as exc:
+        raise _fail(str(exc), 1)
     print()
     print(format_table(rows))
     if not all(r["verified"] for r in rows):
