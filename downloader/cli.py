@@ -238,10 +238,12 @@ def bench(
                            say=lambda line: print(line, file=sys.stderr, flush=True))
         print()
         print(format_table(result))
+        if json_out is not None or plot is not None:
+            print()
         if json_out is not None:
-            write_json(result, json_out)
+            print(f"wrote JSON {write_json(result, json_out)}")
         if plot is not None:
-            write_plot(result, plot)
+            print(f"wrote PNG {write_plot(result, plot)}")
     except UsageError as exc:
         raise _fail(str(exc), 2)
     except DownloaderError as exc:

@@ -107,3 +107,4 @@ def test_bench_without_urls_runs_from_the_wheel(installed: dict) -> None:
     assert "mock server" in result["source"]
     assert result["rows"][0]["median"]["ok"] == result["urls"] > 0
     assert f"{result['urls']}/{result['urls']}" in benched.stdout
+    assert f"wrote JSON {installed['cwd'].resolve() / 'b.json'}" in benched.stdout.splitlines()
