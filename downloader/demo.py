@@ -176,7 +176,7 @@ def run_demo(modes=MODES, latency: str = "50ms", jobs: int = 16, out: Path = Pat
             results = Downloader(dest, mode=mode, jobs=jobs, reporter=reporter).enqueue_lines(lines, "demo").run()
             wall, cpu = time.perf_counter() - wall0, _cpu() - cpu0
             bad = [f"{r.url}: {r.error}" for r in results if r.status != "ok"]
-            bad += [why for why in map(lambda file: file.mismatch(dest), batch) if why]
+            bad += [why for why in (file.mismatch(dest) for file in batch) if why]
             rows.append({"mode": mode, "files": len(results), "ok": results.counts["ok"], "verified": not bad,
                          "wall": wall, "cpu": cpu, "bytes": results.total_bytes})
             print(f"   {results.summary()}; every file verified: {'yes' if not bad else 'NO'}", flush=True)
