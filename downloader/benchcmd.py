@@ -25,13 +25,15 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MODES
 from .errors import DownloaderError, UsageError
 
-__all__ = ["DEFAULT_FILES", "DEFAULT_LATENCY", "DEFAULT_SIZE", "LEGEND", "POST_EXECUTORS", "check_plot_extra",
-           "default_urls", "format_table", "run_bench", "verdict", "write_json", "write_plot"]
+__all__ = ["DEFAULT_FILES", "DEFAULT_LATENCY", "DEFAULT_SIZE", "LEGEND", "POST_EXECUTORS", "Measure",
+           "check_plot_extra", "default_urls", "format_table", "plot_figure", "plot_measures", "run_bench", "verdict",
+           "write_json", "write_plot"]
 
 DEFAULT_FILES = 80
 """Files in the batch when no URLs are given: enough post work (80 x fib:27 is about 1.5 CPU
@@ -308,12 +310,13 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.2f}"
 
 
-def write_json(result: dict, path: Path) -> None:
-    """Every run and the medians, as indented JSON."""
+def write_json(result: dict, path: Path) -> Path:
+    """Every run and the medians, as indented JSON; returns the path written, made absolute."""
     try:
         Path(path).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return Path(path).resolve()
 
 
 def check_plot_extra() -> None:
@@ -325,32 +328,134 @@ def check_plot_extra() -> None:
         raise UsageError(f"--plot needs matplotlib: {PLOT_HINT}")
 
 
-def write_plot(result: dict, path: Path) -> None:
-    """A grouped bar chart, PNG through matplotlib's Agg canvas: per row, median wall s and
-    download s, with whiskers from the fastest to the slowest run."""
+def write_plot(result: dict, path: Path) -> Path:
+    """Draw `plot_figure(result)` into a PNG at `path`; returns the path written, made absolute."""
     check_plot_extra()
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    rows = result["rows"]
-    figure = Figure(figsize=(max(6.0, 1.3 * len(rows) + 2), 4.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    width = 0.38
-    for offset, field, label in ((-width / 2, "wall", "wall s (launch to exit)"),
-                                 (width / 2, "download", "download s (launch to last file written)")):
-        medians = [row["median"][field] or 0.0 for row in rows]
-        spans = [[run[field] for run in row["runs"] if run[field] is not None] or [0.0] for row in rows]
-        whiskers = [[m - min(s) for m, s in zip(medians, spans)], [max(s) - m for m, s in zip(medians, spans)]]
-        bars = axes.bar([i + offset for i in range(len(rows))], medians, width, yerr=whiskers, capsize=3,
-                        label=label)
-        axes.bar_label(bars, fmt="%.2f", padding=2, fontsize=8)
-    axes.set_xticks(range(len(rows)), [row["name"] for row in rows], rotation=20, ha="right")
-    axes.set_ylabel("seconds (median; whiskers: fastest to slowest run)")
-    post = f", post {' '.join(result['post'])}" if result["post"] else ""
-    axes.set_title(f"downloader bench: {result['source']}{post}", fontsize=9)
-    axes.legend(fontsize=8)
+    figure = plot_figure(result)
     try:
         figure.savefig(path, dpi=120)
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    return Path(path).resolve()
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One panel of the bench picture: a number per row, read from its median or from one run.
+
+    >>> WALL.value({"post_executor": None}, {"wall": 1.5})
+    1.5
+    """
+
+    title: str
+    """The panel's title, with which way is better."""
+    note: str
+    """What exactly is counted, under the panel."""
+    unit: str
+    """Printed after each value (" s", "/s", " MiB")."""
+    lower_is_better: bool
+    value: Callable[[dict, dict], float]
+    """(row, its median or one of its runs) -> the number; a median has the fields of a run."""
+
+
+def _worker_cpu(row: dict, values: dict) -> float:
+    """CPU of post tasks that ran outside the get process: on threads it is already in `cpu`."""
+    return values["post_cpu"] if row["post_executor"] == "process" else 0.0
+
+
+WALL = Measure("wall time (lower is better)", "seconds, from the launch of\n`downloader get` to its exit", " s", True,
+               lambda row, v: v["wall"])
+FILES_PER_S = Measure("files per second (higher is better)", "files downloaded\nover wall time", "/s", False,
+                      lambda row, v: v["ok"] / v["wall"])
+MB_PER_S = Measure("throughput (higher is better)", "MB (10**6 bytes) received\nover wall time", " MB/s", False,
+                   lambda row, v: v["bytes"] / v["wall"] / 1e6)
+CPU = Measure("CPU time (lower is better)",
+              "seconds of user+sys, the get process\nand its post tasks wherever they ran", " s", True,
+              lambda row, v: v["cpu"] + _worker_cpu(row, v))
+MEMORY = Measure("peak memory (lower is better)", "MiB resident, the get process\n(post worker processes not included)",
+                 " MiB", True, lambda row, v: v["peak_rss_mib"])
+LARGE_FILES = 1_000_000
+"""Bytes per file from which the throughput panel shows MB/s rather than files/s."""
+
+
+def plot_measures(result: dict) -> list[Measure]:
+    """The panels, left to right: wall time, throughput (files/s for batches of small files, MB/s
+    when files average a megabyte or more), CPU time and peak memory: which mode, and what it costs."""
+    median = result["rows"][0]["median"]
+    return [WALL, MB_PER_S if median["bytes"] >= LARGE_FILES * max(1, median["ok"]) else FILES_PER_S, CPU, MEMORY]
+
+
+def plot_figure(result: dict):
+    """The bench picture as a matplotlib Figure: a panel per measure (`plot_measures`), in each a
+    horizontal bar per row in the table's order, one colour per mode, whatever modes ran.
+
+    Bars are medians, their values written beside them, the best in bold. Whiskers span the fastest
+    to the slowest run, and only when there were several runs. With post tasks, the wall panel marks
+    when the downloads ended, and the CPU panel shows the post tasks' share hatched. The legend sits
+    under the panels and the title names the batch."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    rows, runs = result["rows"], result["runs"]
+    measures = plot_measures(result)
+    figure = Figure(figsize=(3.2 * len(measures), 1.9 + 0.42 * len(rows)), layout="constrained")
+    axes = figure.subplots(1, len(measures), sharey=True)
+    palette = colormaps["tab10"].colors
+    colors = [palette[result["modes"].index(row["mode"]) % len(palette)] for row in rows]
+    for ax, measure in zip(axes, measures):
+        _draw_panel(ax, measure, result, colors)
+    axes[0].set_yticks(range(len(rows)), [row["name"] for row in rows])
+    axes[0].invert_yaxis()
+    if result["post"]:
+        figure.legend(handles=[
+            Line2D([], [], linestyle="none", marker="D", markersize=5, color="black",
+                   label="downloads done (the post tasks may run on after)"),
+            Patch(facecolor="grey", alpha=0.45, hatch="///", edgecolor="white",
+                  label="CPU of the post tasks, on threads or on worker processes")],
+            loc="outside lower center", ncols=2, fontsize=8, frameon=False)
+    post = f", post {' '.join(result['post'])} on each file" if result["post"] else ""
+    spread = (f"median of {runs} runs per row, whiskers from the fastest to the slowest run" if runs > 1
+              else "one run per row")
+    figure.suptitle(f"downloader bench: {result['source']}, -j {result['jobs']}{post}\n{spread}; "
+                    f"Python {result['python']}, {result['cpu_count']} CPUs", fontsize=10)
+    return figure
+
+
+def _draw_panel(ax, measure: Measure, result: dict, colors: list) -> None:
+    """One measure's bars; each value is written past the furthest thing on its line (a whisker's
+    end, the downloads-done marker), and the axis leaves room for it."""
+    rows, places = result["rows"], range(len(result["rows"]))
+    medians = [measure.value(row, row["median"]) for row in rows]
+    reach = [[measure.value(row, run) for run in row["runs"]] + [median] for row, median in zip(rows, medians)]
+    whiskers = None
+    if result["runs"] > 1:
+        whiskers = [[m - min(r) for m, r in zip(medians, reach)], [max(r) - m for m, r in zip(medians, reach)]]
+    if measure is CPU and result["post"]:
+        own = [max(0.0, m - row["median"]["post_cpu"]) for m, row in zip(medians, rows)]
+        ax.barh(places, own, color=colors)
+        ax.barh(places, [m - o for m, o in zip(medians, own)], left=own, color=colors, alpha=0.45, hatch="///",
+                edgecolor="white")
+        if whiskers:
+            ax.errorbar(medians, places, xerr=whiskers, fmt="none", ecolor="black", capsize=3)
+    else:
+        ax.barh(places, medians, color=colors, xerr=whiskers, capsize=3 if whiskers else 0)
+    if measure is WALL and result["post"]:
+        done = [(row["median"]["download"], place) for row, place in zip(rows, places) if row["median"]["download"]]
+        ax.plot([x for x, _ in done], [y for _, y in done], linestyle="none", marker="D", markersize=5,
+                color="black")
+        for x, place in done:
+            reach[place].append(x)
+    best = (min if measure.lower_is_better else max)(medians)
+    for place, median in enumerate(medians):
+        digits = 0 if median >= 100 else 1 if median >= 10 else 2
+        ax.annotate(f"{median:.{digits}f}{measure.unit}", (max(reach[place]), place), xytext=(5, 0),
+                    textcoords="offset points", va="center", fontsize=8,
+                    fontweight="bold" if median == best else "normal")
+    ax.set_xlim(0, max(max(r) for r in reach) * 1.45 or 1)
+    ax.set_title(measure.title, fontsize=9)
+    ax.set_xlabel(measure.note, fontsize=7)
+    ax.tick_params(labelsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_axisbelow(True)

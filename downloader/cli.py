@@ -201,7 +201,12 @@ def demo(
     unknown = [m for m in chosen if m not in ("sequential", "thread", "async")]
     if unknown or not chosen:
         raise _fail(f"--modes: {', '.join(unknown) or 'nothing'} is not one of sequential, thread, async", 2)
-    rows = run_demo(chosen, latency=latency, jobs=jobs, out=out)
+    try:
+        rows = run_demo(chosen, latency=latency, jobs=jobs, out=out)
+    except UsageError as exc:
+        raise _fail(str(exc), 2)
+    except DownloaderError as exc:
+        raise _fail(str(exc), 1)
     print()
     print(format_table(rows))
     if not all(r["verified"] for r in rows):
@@ -236,10 +241,12 @@ def bench(
                            say=lambda line: print(line, file=sys.stderr, flush=True))
         print()
         print(format_table(result))
+        if json_out is not None or plot is not None:
+            print()
         if json_out is not None:
-            write_json(result, json_out)
+            print(f"wrote JSON {write_json(result, json_out)}")
         if plot is not None:
-            write_plot(result, plot)
+            print(f"wrote PNG {write_plot(result, plot)}")
     except UsageError as exc:
         raise _fail(str(exc), 2)
     except DownloaderError as exc:

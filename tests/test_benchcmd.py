@@ -1,16 +1,18 @@
 """`downloader bench`: every documented field, sane values, a table that names each row, JSON that
-round-trips, both post executors side by side, and a plot when matplotlib is there. No speed is
-asserted: the numbers are measured, never expected."""
+round-trips, both post executors side by side, a picture with a panel per measure when matplotlib is
+there, and the paths it wrote. No speed is asserted: the numbers are measured, never expected."""
 from __future__ import annotations
 
+import copy
 import json
 import statistics
+import subprocess
 import sys
 
 import pytest
 
-from downloader.benchcmd import (DEFAULT_FILES, LEGEND, POST_EXECUTORS, check_plot_extra, format_table, run_bench,
-                                 write_json, write_plot)
+from downloader.benchcmd import (DEFAULT_FILES, LEGEND, POST_EXECUTORS, check_plot_extra, format_table, plot_figure,
+                                 run_bench, write_json, write_plot)
 from downloader.errors import UsageError
 
 SIZE = 20_000
@@ -139,8 +141,104 @@ def test_without_matplotlib_the_plot_error_says_how_to_install_it(plain: dict, m
     assert not (tmp_path / "bench.png").exists()
 
 
-def test_write_plot_writes_a_png(with_post: dict, tmp_path) -> None:
-    pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
-    path = tmp_path / "bench.png"
-    write_plot(with_post, path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+PANELS = ["wall time (lower is better)", "files per second (higher is better)", "CPU time (lower is better)",
+          "peak memory (lower is better)"]
+
+
+@pytest.fixture
+def matplotlib():
+    return pytest.importorskip("matplotlib", reason="the plot extra (matplotlib) is not installed")
+
+
+def _has_whiskers(ax) -> bool:
+    from matplotlib.container import ErrorbarContainer
+    return any(isinstance(container, ErrorbarContainer) for container in ax.containers)
+
+
+def _three_runs(result: dict) -> dict:
+    """`result` as if each row had run three times: the same median, a slower and a faster run."""
+    result = copy.deepcopy(result)
+    result["runs"] = 3
+    for row in result["rows"]:
+        (run,) = row["runs"]
+        row["runs"] = [run, {**run, "wall": run["wall"] * 1.3, "cpu": run["cpu"] * 1.2},
+                       {**run, "wall": run["wall"] * 0.8, "peak_rss_mib": run["peak_rss_mib"] - 1}]
+    return result
+
+
+def test_write_plot_writes_a_png_and_says_where(matplotlib, with_post: dict, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    written = write_plot(with_post, "bench.png")
+    assert written == tmp_path / "bench.png" and written.is_absolute()
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_picture_has_a_panel_per_measure_and_a_bar_per_row(matplotlib, plain: dict) -> None:
+    figure = plot_figure(plain)
+    assert [ax.get_title() for ax in figure.axes] == PANELS
+    names = [row["name"] for row in plain["rows"]]
+    assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == names
+    for ax in figure.axes:
+        assert len(ax.patches) == len(names)
+        shown = [text.get_text() for text in ax.texts]
+        assert len(shown) == len(names) and all(text[0].isdigit() for text in shown)
+    assert [text.get_text() for text in figure.axes[0].texts] == [f"{r['median']['wall']:.2f} s" for r in plain["rows"]]
+    assert plain["source"] in figure.get_suptitle() and "one run per row" in figure.get_suptitle()
+    assert not figure.legends  # without post tasks the rows' names say it all
+
+
+def test_one_run_draws_no_whiskers_and_several_do(matplotlib, plain: dict) -> None:
+    assert not any(_has_whiskers(ax) for ax in plot_figure(plain).axes)
+    figure = plot_figure(_three_runs(plain))
+    assert all(_has_whiskers(ax) for ax in figure.axes)
+    assert "median of 3 runs per row, whiskers from the fastest to the slowest run" in figure.get_suptitle()
+
+
+def test_with_post_tasks_the_legend_sits_outside_every_panel(matplotlib, with_post: dict) -> None:
+    for result in (with_post, _three_runs(with_post)):
+        figure = plot_figure(result)
+        (legend,) = figure.legends
+        assert [text.get_text() for text in legend.get_texts()] == [
+            "downloads done (the post tasks may run on after)",
+            "CPU of the post tasks, on threads or on worker processes"]
+        figure.draw_without_rendering()
+        box = legend.get_window_extent()
+        assert not any(box.overlaps(ax.get_window_extent()) for ax in figure.axes)
+        wall, _, cpu, _ = figure.axes
+        assert len(wall.lines[0].get_xdata()) == len(with_post["rows"])  # a downloads-done mark per row
+        assert len(cpu.patches) == 2 * len(with_post["rows"])  # the get process, then the post tasks' share
+        assert "post sha256 on each file" in figure.get_suptitle()
+
+
+def test_the_picture_takes_whatever_modes_ran(matplotlib, plain: dict) -> None:
+    result = copy.deepcopy(plain)
+    extra = copy.deepcopy(result["rows"][-1])
+    extra["name"] = extra["mode"] = "curl"
+    result["rows"].append(extra)
+    result["modes"].append("curl")
+    figure = plot_figure(result)
+    assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == ["thread", "async", "curl"]
+    colours = [tuple(bar.get_facecolor()) for bar in figure.axes[0].patches]
+    assert len(set(colours)) == 3
+
+
+def test_a_batch_of_large_files_shows_megabytes_per_second(matplotlib, plain: dict) -> None:
+    result = copy.deepcopy(plain)
+    for row in result["rows"]:
+        for values in (row["median"], *row["runs"]):
+            values["bytes"] = values["ok"] * 5_000_000
+    throughput = plot_figure(result).axes[1]
+    assert throughput.get_title() == "throughput (higher is better)"
+    assert all(text.get_text().endswith(" MB/s") for text in throughput.texts)
+
+
+def test_bench_prints_where_it_wrote_the_json_and_the_png(matplotlib, batch: list[str], tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "downloader", "bench", *batch, "--modes", "async", "--runs", "1",
+                           "-j", "4", "--json", "out.json", "--plot", "out.png"], cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    where = tmp_path.resolve()
+    assert f"wrote JSON {where / 'out.json'}" in lines and f"wrote PNG {where / 'out.png'}" in lines
+    assert json.loads((tmp_path / "out.json").read_text(encoding="utf-8"))["modes"] == ["async"]
+    assert (tmp_path / "out.png").read_bytes()[:4] == b"\x89PNG"
