@@ -122,6 +122,9 @@ class Downloader:
         scheduler = self._scheduler = Scheduler(feed, per_host=opts.per_host, connections=opts.jobs)
         self._interrupts = 0
         previous = _install_signals(self._on_signal)
+        early = getattr(previous.get(signal.SIGINT), "pending", None)
+        if early:  # a Ctrl-C while the program started (see __main__): the batch stops at once
+            self._on_signal(early)
         feed.start()  # reading the input overlaps with opening the index and importing the engine
         index = post = None
         try:
@@ -155,6 +158,7 @@ class Downloader:
                 if index.warning:
                     self.reporter.message(index.warning)
             results.interrupted = scheduler.stopping
+            results.checked, results.mismatched = intake.checked, intake.mismatched
             results.finished = time.monotonic()
             recorder.close()
             self._engine = self._post = self._scheduler = self._intake = None

@@ -40,9 +40,25 @@ class PostExecutor(str, enum.Enum):
     inline = "inline"
 
 
+_said = {"interrupted": False}
+"""Whether a line about an interruption was printed (main prints one when nothing else did)."""
+
+
 def _fail(message: str, code: int) -> "typer.Exit":
-    print(f"downloader: {message}", file=sys.stderr)
+    print(f"downloader: {message}" if code != 130 else message, file=sys.stderr)
+    _said["interrupted"] = _said["interrupted"] or code == 130
     return typer.Exit(code)
+
+
+def _take_over_signals() -> None:
+    """A command that does not handle SIGINT itself: from now on Ctrl-C raises KeyboardInterrupt
+    as usual, at once if one came during start-up (see __main__)."""
+    import signal
+    early = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if getattr(early, "pending", None):
+        raise KeyboardInterrupt
 
 
 @app.command(help="Download URLs (arguments, a URL file, or stdin) into a folder.\n\n" + EXIT_CODES_HELP)
@@ -113,6 +129,9 @@ def get(
                 raise UsageError("no URLs: give them as arguments, with -i FILE, or on stdin")
             downloader.enqueue_file("-")
         results = downloader.run()
+    except KeyboardInterrupt:  # before the batch took over SIGINT (library use): nothing has started
+        reporter.close()
+        raise _fail("interrupted before anything started: run the same command again", api.EXIT_INTERRUPTED)
     except UsageError as exc:
         reporter.close()
         raise _fail(str(exc), api.EXIT_USAGE)
@@ -132,6 +151,7 @@ def _print_summary(results) -> None:
         print(f"nothing to download: no URLs in {results.nothing_in}", file=err)
         return
     print(("interrupted: " if results.interrupted else "done: ") + results.summary(), file=err)
+    _said["interrupted"] = results.interrupted
     if results.interrupted:
         parked = results.counts["interrupted"] > 0
         print("partial files are kept as .part: " if parked else "", "run the same command again to resume",
@@ -152,6 +172,7 @@ def serve(
     retry_after: str = typer.Option("0", "--retry-after", help="Retry-After for 503/429: N or date:N."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same faults per URL."),
 ) -> None:
+    _take_over_signals()
     from .config import parse_duration, parse_rate
     from . import mockserver
 
@@ -181,6 +202,7 @@ def gil(
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Pool size (default: CPU count)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
+    _take_over_signals()
     import json
     from .gil import format_report, run_gil_demo
 
@@ -195,6 +217,7 @@ def demo(
     out: Path = typer.Option(Path("demo-out"), "--out", help="Where the files go (one folder per mode)."),
     modes: str = typer.Option("sequential,thread,async", "--modes", help="Comma-separated modes to run."),
 ) -> None:
+    _take_over_signals()
     from .demo import format_table, run_demo
 
     chosen = [m.strip() for m in modes.split(",") if m.strip()]
@@ -232,6 +255,7 @@ def bench(
     plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart PNG (needs the plot extra: "
                                         "pip install -e '.[plot]')."),
 ) -> None:
+    _take_over_signals()
     from .benchcmd import check_plot_extra, format_table, run_bench, write_json, write_plot
 
     try:
@@ -269,8 +293,9 @@ def main() -> None:
             print(exc.code, file=sys.stderr)
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except KeyboardInterrupt:
-        print("downloader: interrupted", file=sys.stderr)
         code = 130
+    if code == 130 and not _said["interrupted"]:  # typer turns a KeyboardInterrupt into a silent exit 130
+        print("downloader: interrupted", file=sys.stderr)
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

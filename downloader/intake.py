@@ -101,6 +101,10 @@ class Intake:
         self.on_reject = on_reject
         self.count = 0
         """URLs read so far, duplicates not counted."""
+        self.checked = 0
+        """Files already there that were hashed against a digest (`--checksum`, `--check-integrity`...)."""
+        self.mismatched = 0
+        """...of which did not match, and were sent to be fetched again."""
         self.index: Index | None = None
         self._first = threading.Event()
         self._opened = threading.Event()
@@ -212,6 +216,8 @@ class Intake:
         verdict = on_disk(known, present, self._digests(job, name), self.options.check_integrity)
         if verdict.action == VERIFY:
             verdict = after_hashing(verdict.expected, self._hash(path, {e.algorithm for e in verdict.expected}))
+            self.checked += 1
+            self.mismatched += verdict.action == FETCH
         if verdict.action == SKIP:
             if entry is None or not entry.complete:
                 self.index.complete(job.url, present, None)

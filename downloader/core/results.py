@@ -68,6 +68,10 @@ class Results:
         self.started = time.monotonic()
         self.finished: float | None = None
         self.interrupted = False
+        self.checked = 0
+        """Files already there that were hashed against a digest before counting as there."""
+        self.mismatched = 0
+        """Files already there that did not match their digest (or recorded size) and were fetched again."""
         self.nothing_in: str | None = None
         """Set when the input held no URL at all: the names of the sources read ("stdin")."""
 
@@ -124,6 +128,8 @@ class Results:
                 f"{self.counts[FAILED]} failed")
         if self.counts[INTERRUPTED]:
             text += f", {self.counts[INTERRUPTED]} interrupted"
+        if self.checked:
+            text += f", {self.checked} checked" + (f", {self.mismatched} did not match" if self.mismatched else "")
         if self.rejected_count:
             text += f", {self.rejected_count} input line(s) rejected"
         return text + (f"; {human_bytes(self.total_bytes)} in {seconds:.2f} s "
