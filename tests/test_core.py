@@ -201,6 +201,46 @@ class TestNaming:
     def test_name_from_content_disposition(self, cd, name):
         assert target_name("https://h/from-url.bin", cd) == name
 
+    @pytest.mark.parametrize("cd, name", [
+        ('filename="report.pdf"', "report.pdf"),
+        ("filename=name.bin; charset=x; option=y", "name.bin"),
+        ("filename=my file.pdf", "my file.pdf"),
+        ('filename = "spaced.pdf"', "spaced.pdf"),
+        ("Filename=upper.txt", "upper.txt"),
+        ("filename*=UTF-8''%E2%82%AC%20rates.txt", "€ rates.txt"),
+        ("filename=\"fallback.txt\"; filename*=UTF-8''na%C3%AFve.txt", "naïve.txt"),
+        ("filename*=UTF-8''na%C3%AFve.txt; filename=fallback.txt", "naïve.txt"),
+        ('filename="semi;colon.txt"', "semi;colon.txt"),
+        ("name=field; filename=form.bin", "form.bin"),
+    ])
+    def test_a_header_without_a_disposition_type_still_names_the_file(self, cd, name):
+        assert target_name("https://h/from-url.bin", cd) == name
+
+    @pytest.mark.parametrize("cd, name", [
+        ('filename="../../etc/passwd"', "passwd"),
+        ("filename=..", "_"),
+        ("filename*=UTF-8''..%2F..%2Fx.sh", "x.sh"),
+        ('filename="a\\..\\b.exe"', "b.exe"),
+        ("filename*=UTF-8''%00evil%0A.txt", "_evil_.txt"),
+    ])
+    def test_a_typeless_header_keeps_every_safety_rule(self, cd, name, tmp_path):
+        assert target_name("https://h/from-url.bin", cd) == name
+        assert_single_safe_component(name, tmp_path)
+
+    @pytest.mark.parametrize("cd", ["=x", "charset=utf-8", 'filename=""', "name=x; size=3", "; ;", "="])
+    def test_a_typeless_header_without_a_name_falls_back_to_the_url(self, cd):
+        assert target_name("https://h/dir/from-url.bin", cd) == "from-url.bin"
+
+    @FAST
+    @given(st.one_of(ANY_TEXT, ANY_TEXT.map(lambda t: "filename=" + t), ANY_TEXT.map(lambda t: "filename*=" + t),
+                     ANY_TEXT.map(lambda t: "filename*=UTF-8''" + quote(t, safe=";=")),
+                     ANY_TEXT.map(lambda t: 'filename="' + t + '"; x=y')))
+    def test_any_header_text_gives_none_or_a_name_that_is_made_safe(self, cd):
+        raw = name_from_content_disposition(cd)
+        assert raw is None or (isinstance(raw, str) and raw)
+        if raw is not None:
+            assert_single_safe_component(safe_name(raw), Path("/tmp/downloader-dest"))
+
     @pytest.mark.parametrize("cd", [None, "", "inline", "attachment", 'attachment; filename=""', "attachment; name=x"])
     def test_content_disposition_without_a_name_falls_back_to_the_url(self, cd):
         assert target_name("https://h/dir/from-url.bin?x=1", cd) == "from-url.bin"
