@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from downloader.config import Options, parse_duration, parse_header, parse_rate, parse_size
@@ -34,7 +34,7 @@ from downloader.core.naming import (MAX_NAME_BYTES, PART_SUFFIX, STATE_DIR, STAT
 from downloader.core.ranges import (Segment, SegmentPlan, Validator, connections_for, judge,
                                     parse_content_range, range_header)
 from downloader.core.ratelimit import TokenBucket
-from downloader.core.redirects import headers_for, next_hop
+from downloader.core.redirects import headers_for, location_text, next_hop
 from downloader.core.results import FAILED, OK, SKIPPED, Result, Results
 from downloader.core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from downloader.core.schedule import WAIT, Feed, Scheduler, Start
@@ -484,6 +484,11 @@ class TestRedirects:
         assert "refused" in next_hop("https://h/a", 302, location, hops=0, max_hops=10).refused
         assert RedirectError("x").retryable is False
 
+    @pytest.mark.parametrize("location", ["//[", "http://h:99999/x", "//h:port/x"])
+    def test_a_location_that_does_not_parse_is_refused_not_raised(self, location):
+        hop = next_hop("https://h/a", 302, location, hops=0, max_hops=10)
+        assert hop.refused == f"redirect to an invalid URL refused ({location!r})"
+
     @pytest.mark.parametrize("location", [None, ""])
     def test_missing_location(self, location):
         assert "without a Location" in next_hop("https://h/a", 302, location, hops=0, max_hops=10).refused
@@ -512,6 +517,60 @@ class TestRedirects:
                    ("X-Keep", "1"), ("Accept", "*/*"))
         assert headers_for(headers, cross_host=False) == headers
         assert headers_for(headers, cross_host=True) == (("X-Keep", "1"), ("Accept", "*/*"))
+
+    # A Location holding raw UTF-8 bytes, as each HTTP library hands it over: http.client (requests)
+    # decodes header bytes as Latin-1, aiohttp as UTF-8 (surrogateescape for bytes that are not).
+    @staticmethod
+    def spellings(raw: bytes) -> dict[str, str]:
+        return {"latin-1 (requests)": raw.decode("latin-1"), "utf-8 (aiohttp)": raw.decode("utf-8", "surrogateescape")}
+
+    @pytest.mark.parametrize("location, expected", [
+        ("/gen/café.bin", "https://h/gen/caf%C3%A9.bin"),
+        ("/dl/آب.txt?name=آ", "https://h/dl/%D8%A2%D8%A8.txt?name=%D8%A2"),
+        ("/Ünïcödé/Straße?q=naïve", "https://h/%C3%9Cn%C3%AFc%C3%B6d%C3%A9/Stra%C3%9Fe?q=na%C3%AFve"),
+        ("https://other/😀.png", "https://other/%F0%9F%98%80.png"),
+    ])
+    def test_a_location_with_raw_utf8_bytes_leads_to_the_same_url_in_every_engine(self, location, expected):
+        for library, spelling in self.spellings(location.encode("utf-8")).items():
+            assert next_hop("https://h/start", 302, spelling, hops=0, max_hops=5).url == expected, library
+
+    def test_the_mojibake_spelling_is_repaired_not_encoded_twice(self):
+        mojibake = "/gen/café.bin".encode("utf-8").decode("latin-1")
+        assert mojibake == "/gen/cafÃ©.bin"
+        assert next_hop("https://h/a", 302, mojibake, hops=0, max_hops=5).url == "https://h/gen/caf%C3%A9.bin"
+
+    def test_bytes_that_are_not_utf8_are_escaped_as_they_came(self):
+        raw = b"/caf\xe9\xff.bin"
+        aiohttp_spelling = raw.decode("utf-8", "surrogateescape")
+        assert next_hop("https://h/a", 302, aiohttp_spelling, hops=0, max_hops=5).url == "https://h/caf%E9%FF.bin"
+
+    @pytest.mark.parametrize("location", [
+        "/plain/file.bin?size=10&x=a%20b#frag",
+        "https://other:8443/a/b?c=d",
+        "/already/caf%C3%A9.bin?q=%D8%A2",
+        "/odd/%zz/100%",
+        "/chars/~!$&'()*+,;=:@[]{}|^`<>\"",
+    ])
+    def test_an_ascii_location_is_left_as_it_is(self, location):
+        expected = location if location.startswith("https://") else "https://h" + location
+        assert next_hop("https://h/a", 302, location, hops=0, max_hops=5).url == expected
+
+    def test_spaces_and_non_ascii_are_escaped_but_the_host_is_not(self):
+        assert next_hop("https://h/a", 302, "/my file.txt?q=a b", hops=0, max_hops=5).url \
+            == "https://h/my%20file.txt?q=a%20b"
+        hop = next_hop("https://h/a", 302, "https://bücher.example/ö", hops=0, max_hops=5)
+        assert hop.url == "https://bücher.example/%C3%B6" and hop.cross_host
+
+    @FAST
+    @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"), max_size=60))
+    def test_both_spellings_of_any_text_give_one_ascii_url(self, text):
+        location = "/p/" + text
+        # text that is itself the UTF-8 of Latin-1 mojibake reads as mojibake (see location_text)
+        assume(location_text(location) == location)
+        urls = {library: next_hop("https://h/a", 302, spelling, hops=0, max_hops=5).url
+                for library, spelling in self.spellings(location.encode("utf-8")).items()}
+        assert len(set(urls.values())) == 1, urls
+        assert all(url.isascii() and " " not in url for url in urls.values())
 
 
 # ======================================================================== core.ranges
