@@ -1202,7 +1202,8 @@ class TestConfig:
             parse_duration(value, "--timeout")
 
     @pytest.mark.parametrize("value, rate", [
-        (None, None), ("", None), (0, None), ("0", None), ("2M", 2 * 1024 ** 2), ("1M/s", 1024 ** 2),
+        (None, None), ("", None), (0, None), ("0", None), ("0K", None), ("0/s", None), (0.0, None),
+        ("2M", 2 * 1024 ** 2), ("1M/s", 1024 ** 2),
         ("500K/S", 512_000), (1000, 1000),
     ])
     def test_parse_rate(self, value, rate):
@@ -1324,6 +1325,7 @@ DEPENDENCY_HOMES = {
     "click": {"cli.py"},
     "dask": {"engines/cluster.py"},
     "distributed": {"engines/cluster.py"},
+    "pycurl": {"engines/curl.py", "cli.py"},  # cli.py: only for libcurl's version in --version
 }
 
 
