@@ -424,3 +424,9 @@ def test_a_content_disposition_without_a_type_names_the_file(fetch, url, tmp_pat
     assert read(out / "params.txt") == gen_bytes(11)
     assert read(out / "escape.txt") == gen_bytes(12)
     assert not (tmp_path / "escape.txt").exists()
+
+
+def test_raw_utf8_in_a_content_disposition_name_gives_the_same_name_in_every_engine(fetch, url, tmp_path):
+    results = fetch([url("/gen/a.bin", size=10, cd="café آب.pdf")])  # sent as raw UTF-8 bytes
+    assert results.counts["ok"] == 1, results.failures
+    assert read(tmp_path / "out/café آب.pdf") == gen_bytes(10)

@@ -34,7 +34,8 @@ from downloader.core.naming import (MAX_NAME_BYTES, PART_SUFFIX, STATE_DIR, STAT
 from downloader.core.ranges import (Segment, SegmentPlan, Validator, connections_for, judge,
                                     parse_content_range, range_header)
 from downloader.core.ratelimit import TokenBucket
-from downloader.core.redirects import headers_for, location_text, next_hop
+from downloader.core.headers import header_text
+from downloader.core.redirects import headers_for, next_hop
 from downloader.core.results import FAILED, OK, SKIPPED, Result, Results
 from downloader.core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from downloader.core.schedule import WAIT, Feed, Scheduler, Start
@@ -176,6 +177,24 @@ class TestDeduplicator:
             plain.add(url)
 
 
+# ======================================================================== core.headers
+class TestHeaderText:
+    # how each library hands over a header's bytes: http.client (requests) as Latin-1, aiohttp as
+    # UTF-8 with surrogateescape
+    @pytest.mark.parametrize("text", ["café.bin", "آب.txt", "Straße naïve", "€ 😀", "文件.pdf"])
+    def test_utf8_bytes_read_the_same_from_every_library(self, text):
+        raw = text.encode("utf-8")
+        assert header_text(raw.decode("latin-1")) == header_text(raw.decode("utf-8", "surrogateescape")) == text
+
+    @pytest.mark.parametrize("raw, text", [(b"caf\xe9.pdf", "café.pdf"), (b"\xff\xfe", "ÿþ")])
+    def test_other_bytes_read_as_latin1_from_every_library(self, raw, text):
+        assert header_text(raw.decode("latin-1")) == header_text(raw.decode("utf-8", "surrogateescape")) == text
+
+    @pytest.mark.parametrize("value", ["", "attachment; filename=a.txt", "/p?q=%C3%A9", "\t x"])
+    def test_ascii_is_left_alone(self, value):
+        assert header_text(value) == value
+
+
 # ======================================================================== core.naming
 def assert_single_safe_component(name: str, dest: Path) -> None:
     assert name
@@ -226,6 +245,16 @@ class TestNaming:
     def test_a_typeless_header_keeps_every_safety_rule(self, cd, name, tmp_path):
         assert target_name("https://h/from-url.bin", cd) == name
         assert_single_safe_component(name, tmp_path)
+
+    @pytest.mark.parametrize("cd, name", [
+        ('attachment; filename="café آب.pdf"', "café آب.pdf"),
+        ('filename="отчёт.pdf"', "отчёт.pdf"),
+        ('attachment; filename="../../naïve.sh"', "naïve.sh"),
+    ])
+    def test_raw_utf8_in_filename_gives_one_name_in_every_engine(self, cd, name):
+        raw = cd.encode("utf-8")
+        for spelling in (raw.decode("latin-1"), raw.decode("utf-8", "surrogateescape")):
+            assert target_name("https://h/from-url.bin", spelling) == name
 
     @pytest.mark.parametrize("cd", ["=x", "charset=utf-8", 'filename=""', "name=x; size=3", "; ;", "="])
     def test_a_typeless_header_without_a_name_falls_back_to_the_url(self, cd):
@@ -484,7 +513,7 @@ class TestRedirects:
         assert "refused" in next_hop("https://h/a", 302, location, hops=0, max_hops=10).refused
         assert RedirectError("x").retryable is False
 
-    @pytest.mark.parametrize("location", ["//[", "http://h:99999/x", "//h:port/x"])
+    @pytest.mark.parametrize("location", ["//[", "http://h:99999/x", "//h:port/x", "http://a b/x", "//a\x00b/"])
     def test_a_location_that_does_not_parse_is_refused_not_raised(self, location):
         hop = next_hop("https://h/a", 302, location, hops=0, max_hops=10)
         assert hop.refused == f"redirect to an invalid URL refused ({location!r})"
@@ -539,10 +568,10 @@ class TestRedirects:
         assert mojibake == "/gen/cafÃ©.bin"
         assert next_hop("https://h/a", 302, mojibake, hops=0, max_hops=5).url == "https://h/gen/caf%C3%A9.bin"
 
-    def test_bytes_that_are_not_utf8_are_escaped_as_they_came(self):
-        raw = b"/caf\xe9\xff.bin"
-        aiohttp_spelling = raw.decode("utf-8", "surrogateescape")
-        assert next_hop("https://h/a", 302, aiohttp_spelling, hops=0, max_hops=5).url == "https://h/caf%E9%FF.bin"
+    def test_bytes_that_are_not_utf8_are_read_as_latin1_in_every_engine(self):
+        for library, spelling in self.spellings(b"/caf\xe9\xff.bin").items():
+            assert next_hop("https://h/a", 302, spelling, hops=0, max_hops=5).url == "https://h/caf%C3%A9%C3%BF.bin", \
+                library
 
     @pytest.mark.parametrize("location", [
         "/plain/file.bin?size=10&x=a%20b#frag",
@@ -562,11 +591,17 @@ class TestRedirects:
         assert hop.url == "https://bücher.example/%C3%B6" and hop.cross_host
 
     @FAST
+    @given(st.text(max_size=60))
+    def test_any_location_gives_a_hop_never_an_exception(self, location):
+        hop = next_hop("https://h/a", 302, location, hops=0, max_hops=5)
+        assert hop.refused or (hop.url.startswith(("http://", "https://")) and " " not in hop.url)
+
+    @FAST
     @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"), max_size=60))
     def test_both_spellings_of_any_text_give_one_ascii_url(self, text):
         location = "/p/" + text
-        # text that is itself the UTF-8 of Latin-1 mojibake reads as mojibake (see location_text)
-        assume(location_text(location) == location)
+        # text that is itself the UTF-8 of Latin-1 mojibake reads as mojibake (see header_text)
+        assume(header_text(location) == location)
         urls = {library: next_hop("https://h/a", 302, spelling, hops=0, max_hops=5).url
                 for library, spelling in self.spellings(location.encode("utf-8")).items()}
         assert len(set(urls.values())) == 1, urls

@@ -17,6 +17,8 @@ import hashlib
 import unicodedata
 from urllib.parse import unquote, urlsplit
 
+from .headers import header_text
+
 PART_SUFFIX = ".part"
 STATE_SUFFIX = ".part.state"
 STATE_DIR = ".downloader"
@@ -39,6 +41,7 @@ def name_from_content_disposition(value: str | None) -> str | None:
         return None
     from email.message import Message
     from email.utils import collapse_rfc2231_value
+    value = header_text(value)  # raw UTF-8 in filename="..." reads the same in every engine
     if "=" in value.split(";", 1)[0]:  # no disposition type: the first item is a parameter
         value = "attachment; " + value
     message = Message()

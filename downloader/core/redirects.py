@@ -9,7 +9,7 @@ Engines send requests with automatic redirects off and ask `next_hop` what to do
 Rules: at most `max_hops` hops; only http and https targets; headers the user set that carry
 credentials (Authorization, Cookie, Proxy-Authorization) are dropped once the host changes and
 stay dropped (see `headers_for`). A Location with raw UTF-8 bytes leads to the same URL in every
-engine, percent-encoded as curl sends it (see `location_text` and `percent_encoded`).
+engine, percent-encoded as curl sends it (see `core.headers` and `percent_encoded`).
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ import hashlib
 import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+from .headers import header_text
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -51,7 +53,7 @@ def next_hop(url: str, status: int, location: str | None, *, hops: int, max_hops
         return Hop(url, refused=f"HTTP {status} redirect without a Location header")
     if hops >= max_hops:
         return Hop(url, refused=f"more than {max_hops} redirects")
-    text = location_text(location).strip()
+    text = header_text(location).strip()
     try:
         target = percent_encoded(urljoin(url, text))
         scheme, host, port = origin(target)
@@ -61,28 +63,10 @@ def next_hop(url: str, status: int, location: str | None, *, hops: int, max_hops
         return Hop(target, refused=f"redirect to a {scheme or 'relative'}: URL refused ({target})")
     if not host:
         return Hop(target, refused=f"redirect to a URL without a host refused ({target})")
+    if not host.isprintable() or " " in host:
+        return Hop(url, refused=f"redirect to an invalid URL refused ({text!r})")
     start = first_url or url
     return Hop(target, cross_host=(host, port) != origin(start)[1:] or _downgraded(start, target))
-
-
-def location_text(location: str) -> str:
-    """The text a Location header meant, whichever way the HTTP library decoded its bytes.
-
-        >>> location_text("/caf\xc3\xa9.bin") == location_text("/café.bin") == "/café.bin"
-        True
-
-    Header bytes are not text, and some servers put UTF-8 in a Location unencoded. http.client
-    (so requests) decodes them as Latin-1 and gets mojibake (`cafÃ©`); aiohttp decodes them as
-    UTF-8, with `surrogateescape` for bytes that are not. So a string made only of characters
-    below U+0100 that, as Latin-1 bytes, is valid UTF-8 with non-ASCII bytes in it, is taken to
-    be those UTF-8 bytes. (The same string from aiohttp would have been the UTF-8 of mojibake, a
-    Location no server means.) Anything else is returned as it is."""
-    if location.isascii() or max(location) >= "\u0100":
-        return location
-    try:
-        return location.encode("latin-1").decode("utf-8")
-    except UnicodeDecodeError:
-        return location
 
 
 def percent_encoded(url: str) -> str:
@@ -94,13 +78,17 @@ def percent_encoded(url: str) -> str:
         'https://h/caf%C3%A9?q=%D8%A2%20b'
 
     Every engine then sends the same request line, whatever its library would have done with
-    raw text. Lone surrogates (aiohttp's spelling of bytes that are not UTF-8) become those bytes."""
+    raw text. Lone surrogates (how a URL file's bytes that are not UTF-8 are kept) become those
+    bytes again."""
     head = _SCHEME_AND_AUTHORITY.match(url)
     cut = head.end() if head else 0
     tail = url[cut:]
     if tail.isascii() and tail.isprintable() and " " not in tail:
         return url
-    return url[:cut] + quote(tail, safe=_PRINTABLE_ASCII, errors="surrogateescape")
+    try:
+        return url[:cut] + quote(tail, safe=_PRINTABLE_ASCII, errors="surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for (U+D800), from the API
+        return url[:cut] + quote(tail, safe=_PRINTABLE_ASCII, errors="surrogatepass")
 
 
 def _downgraded(start: str, target: str) -> bool:
