@@ -21,8 +21,8 @@ from .errors import DownloaderError, UsageError
 EXIT_CODES_HELP = ("Exit codes: 0 everything done (downloaded or already there); 1 some URL failed or "
                    "some input line was rejected (the rest still ran); 2 usage error; 130 interrupted.")
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None,
+app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
                   help="Parallel file downloader: sequential, thread and async engines; segmented, "
                        "resumable, verified downloads; a misbehaving mock server to test against.\n\n"
                        + EXIT_CODES_HELP)
@@ -61,41 +61,103 @@ def _take_over_signals() -> None:
         raise KeyboardInterrupt
 
 
+def version_report() -> str:
+    """What `downloader --version` prints, as `curl --version` does: this package, Python, the
+    HTTP libraries, and each optional accelerator that is installed.
+
+        downloader 0.1.0
+        Python 3.11.7 (CPython)
+        aiohttp 3.14.5
+        requests 2.34.2
+        pycurl 7.45.6 (libcurl/8.12.1 OpenSSL/3.4.1 zlib/1.3.1)
+
+    Versions come from the installed packages' metadata, so nothing heavy is imported; only
+    pycurl is, because libcurl's version (and whether it loads at all) is known only that way."""
+    import platform
+    from importlib import metadata
+    from importlib.util import find_spec
+
+    from . import __version__
+
+    def installed(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    lines = [f"downloader {__version__}",
+             f"Python {platform.python_version()} ({platform.python_implementation()})"]
+    lines += [f"{package} {installed(package) or 'missing'}" for package in ("aiohttp", "requests")]
+    pycurl_version = installed("pycurl")
+    if pycurl_version:
+        try:
+            import pycurl
+            libcurl = pycurl.version.split(" ", 1)[1]  # "PycURL/7.45.6 libcurl/8.12.1 OpenSSL/3.4.1 ..."
+        except (ImportError, IndexError) as exc:
+            libcurl = f"cannot be loaded: {exc}"
+        lines.append(f"pycurl {pycurl_version} ({libcurl})")
+    uvloop_version = installed("uvloop")
+    if uvloop_version and find_spec("uvloop") is not None:
+        lines.append(f"uvloop {uvloop_version}")
+    return "\n".join(lines)
+
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        print(version_report())
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _app_options(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="Print the versions of downloader, Python and its libraries, and exit."),
+) -> None:
+    """Options of `downloader` itself, before the command."""
+
+
 @app.command(help="Download URLs (arguments, a URL file, or stdin) into a folder.\n\n" + EXIT_CODES_HELP)
 def get(
-    urls: Optional[List[str]] = typer.Argument(None, help="URLs to fetch; with none and no -i, stdin is "
-                                               "read when it is not a terminal.", show_default=False),
-    input_file: List[str] = typer.Option([], "-i", "--input-file", help="A URL file (plain or "
+    urls: Optional[List[str]] = typer.Argument(None, metavar="[URL]...", help="URLs to fetch; with none and "
+                                               "no -i, stdin is read when it is not a terminal.", show_default=False),
+    input_file: List[str] = typer.Option([], "-i", "--input-file", metavar="FILE", help="A URL file (plain or "
                                          "aria2-style); '-' is stdin; repeatable.", show_default=False),
-    dest: Path = typer.Option(Path("."), "-d", "--dir", help="Output folder, created if missing."),
+    dest: Path = typer.Option(Path("."), "-d", "--dir", metavar="DIR", help="Output folder, created if missing."),
     mode: Mode = typer.Option(Mode.async_, "-m", "--mode", help="Engine."),
-    jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Connections in flight at once, segments "
-                             "included."),
-    per_host: Optional[int] = typer.Option(None, "--per-host", min=1, help="Connections to one host at "
-                                           "once (default: no extra cap)."),
-    retries: int = typer.Option(5, "--retries", min=0, help="Retries after the first try."),
-    timeout: str = typer.Option("30", "--timeout", help="Connect timeout and stall timeout (no byte for "
-                                "that long), in seconds; never a cap on a whole transfer."),
-    header: List[str] = typer.Option([], "--header", help="Extra request header 'Name: value' (repeatable)."),
+    jobs: int = typer.Option(16, "-j", "--jobs", min=1, metavar="N", help="Connections in flight at once, "
+                             "segments included."),
+    per_host: Optional[int] = typer.Option(None, "--per-host", min=1, metavar="N", help="Connections to one "
+                                           "host at once (default: no extra cap)."),
+    retries: int = typer.Option(5, "--retries", min=0, metavar="N", help="Retries after the first try."),
+    timeout: str = typer.Option("30", "--timeout", metavar="DURATION", help="Connect timeout and stall "
+                                "timeout (no byte for that long): 30, 30s, 2m; never a cap on a whole "
+                                "transfer."),
+    header: List[str] = typer.Option([], "--header", metavar="'NAME: VALUE'", help="Extra request header "
+                                     "(repeatable)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Fetch again files that already exist."),
     check_integrity: bool = typer.Option(False, "--check-integrity", help="Hash the files already there "
                                          "against the sha256 the index recorded (and any digest given) and "
                                          "fetch again those that differ."),
-    segments: int = typer.Option(4, "-s", "--segments", min=1, help="Connections per file, for files that "
-                                 "accept ranges."),
-    min_segment_size: str = typer.Option("8M", "--min-segment-size", help="Smallest segment (e.g. 512K, 8M)."),
-    max_speed: Optional[str] = typer.Option(None, "--max-speed", help="Cap for the whole batch (2M, 500K)."),
-    checksum: Optional[str] = typer.Option(None, "--checksum", help="ALGO=HEX the file must match (one URL)."),
-    sums: Optional[Path] = typer.Option(None, "--sums", help="A sha256sum/md5sum-style file to verify against."),
-    manifest: Optional[Path] = typer.Option(None, "--manifest", help="Write 'HEX  NAME' sha256 lines for "
-                                            "every file of the batch."),
-    post: List[str] = typer.Option([], "--post", help="Post-process each file: sha256, md5, blake2b, fib:N "
-                                   "(repeatable)."),
+    segments: int = typer.Option(4, "-s", "--segments", min=1, metavar="N", help="Connections per file, for "
+                                 "files that accept ranges."),
+    min_segment_size: str = typer.Option("8M", "--min-segment-size", metavar="SIZE", help="Smallest segment "
+                                         "(e.g. 512K, 8M)."),
+    max_speed: Optional[str] = typer.Option(None, "--max-speed", metavar="RATE", help="Cap for the whole batch "
+                                            "in bytes per second (2M, 500K); 0 means no limit."),
+    checksum: Optional[str] = typer.Option(None, "--checksum", metavar="ALGO=HEX", help="Digest the file must "
+                                           "match (one URL)."),
+    sums: Optional[Path] = typer.Option(None, "--sums", metavar="FILE", help="A sha256sum/md5sum-style file to "
+                                        "verify against."),
+    manifest: Optional[Path] = typer.Option(None, "--manifest", metavar="FILE", help="Write 'HEX  NAME' sha256 "
+                                            "lines for every file of the batch."),
+    post: List[str] = typer.Option([], "--post", metavar="SPEC", help="Post-process each file: sha256, md5, "
+                                   "blake2b, fib:N (repeatable)."),
     post_executor: PostExecutor = typer.Option(PostExecutor.process, "--post-executor",
                                                help="Where post tasks run."),
-    post_workers: Optional[int] = typer.Option(None, "--post-workers", min=1, help="Post workers "
+    post_workers: Optional[int] = typer.Option(None, "--post-workers", min=1, metavar="N", help="Post workers "
                                                "(default: CPU count)."),
-    report: Optional[Path] = typer.Option(None, "--report", help="JSON lines, one object per URL."),
+    report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="JSON lines, one object per "
+                                          "URL."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Bars (default: when "
                                             "stderr is a terminal).", show_default=False),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the final summary line."),
@@ -160,17 +222,22 @@ def _print_summary(results) -> None:
 
 @app.command(help="Serve a folder on loopback with Range/ETag/HEAD and faults on demand (the mock server).")
 def serve(
-    root: Optional[Path] = typer.Argument(None, help="Folder to serve (virtual files under /gen/ "
-                                          "work without one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
-    port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port; 0 picks a free one."),
-    latency: str = typer.Option("0", "--latency", help="Delay before each response (50ms, 1s)."),
-    rate: Optional[str] = typer.Option(None, "--rate", help="Bandwidth cap per connection (1M, 500K)."),
-    fail_rate: float = typer.Option(0.0, "--fail-rate", min=0.0, max=1.0, help="Share of GETs that fail."),
-    faults: str = typer.Option("503", "--faults", help="Comma-separated kinds fail-rate draws from: 503, "
-                               "429, reset, truncate, lie, stall, ignore-range, etag-change."),
-    retry_after: str = typer.Option("0", "--retry-after", help="Retry-After for 503/429: N or date:N."),
-    seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same faults per URL."),
+    root: Optional[Path] = typer.Argument(None, metavar="[DIR]", help="Folder to serve (virtual files under "
+                                          "/gen/ work without one)."),
+    host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on (loopback by "
+                             "default)."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, metavar="PORT", help="Port; 0 picks a free one."),
+    latency: str = typer.Option("0", "--latency", metavar="DURATION", help="Delay before each response "
+                                "(50ms, 1s)."),
+    rate: Optional[str] = typer.Option(None, "--rate", metavar="RATE", help="Bandwidth cap per connection "
+                                       "(1M, 500K)."),
+    fail_rate: float = typer.Option(0.0, "--fail-rate", min=0.0, max=1.0, metavar="SHARE", help="Share of GETs "
+                                    "that fail."),
+    faults: str = typer.Option("503", "--faults", metavar="KIND,...", help="Comma-separated kinds fail-rate draws "
+                               "from: 503, 429, reset, truncate, lie, stall, ignore-range, etag-change."),
+    retry_after: str = typer.Option("0", "--retry-after", metavar="N|date:N", help="Retry-After for 503/429: N "
+                                    "or date:N."),
+    seed: int = typer.Option(0, "--seed", metavar="N", help="Seed: the same seed gives the same faults per URL."),
 ) -> None:
     _take_over_signals()
     from .config import parse_duration, parse_rate
@@ -197,9 +264,10 @@ def serve(
 
 @app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound).")
 def gil(
-    tasks: int = typer.Option(8, "--tasks", min=1, help="How many tasks."),
-    n: int = typer.Option(27, "--n", min=1, max=40, help="fib(N) per CPU task."),
-    workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Pool size (default: CPU count)."),
+    tasks: int = typer.Option(8, "--tasks", min=1, metavar="N", help="How many tasks."),
+    n: int = typer.Option(27, "--n", min=1, max=40, metavar="N", help="fib(N) per CPU task."),
+    workers: Optional[int] = typer.Option(None, "--workers", min=1, metavar="N", help="Pool size (default: "
+                                          "CPU count)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
     _take_over_signals()
@@ -212,10 +280,13 @@ def gil(
 
 @app.command(help="Run the main job on the built-in mock server in every mode, verify it, compare the modes.")
 def demo(
-    latency: str = typer.Option("50ms", "--latency", help="Delay the mock server adds to every response."),
-    jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Connections in flight."),
-    out: Path = typer.Option(Path("demo-out"), "--out", help="Where the files go (one folder per mode)."),
-    modes: str = typer.Option("sequential,thread,async", "--modes", help="Comma-separated modes to run."),
+    latency: str = typer.Option("50ms", "--latency", metavar="DURATION", help="Delay the mock server adds to "
+                                "every response."),
+    jobs: int = typer.Option(16, "-j", "--jobs", min=1, metavar="N", help="Connections in flight."),
+    out: Path = typer.Option(Path("demo-out"), "--out", metavar="DIR", help="Where the files go (one folder "
+                             "per mode)."),
+    modes: str = typer.Option("sequential,thread,async", "--modes", metavar="MODE,...", help="Comma-separated "
+                              "modes to run."),
 ) -> None:
     _take_over_signals()
     from .demo import format_table, run_demo
@@ -240,20 +311,23 @@ def demo(
                   "folder: wall time, files/s, MB/s, download phase, CPU, peak memory (medians). With --post, "
                   "the thread and the process post executors side by side.")
 def bench(
-    urls: Optional[List[str]] = typer.Argument(None, help="URLs to fetch; with none and no -i, a batch of "
-                                               "files from the built-in mock server, with latency.",
-                                               show_default=False),
-    input_file: Optional[str] = typer.Option(None, "-i", "--input-file", help="A URL file (plain or "
-                                             "aria2-style), read again for every run."),
-    modes: str = typer.Option("sequential,thread,async", "--modes", help="Comma-separated modes to run."),
-    post: List[str] = typer.Option([], "--post", help="Post-process each file: sha256, md5, blake2b, fib:N "
+    urls: Optional[List[str]] = typer.Argument(None, metavar="[URL]...", help="URLs to fetch; with none and no "
+                                               "-i, a batch of files from the built-in mock server, with "
+                                               "latency.", show_default=False),
+    input_file: Optional[str] = typer.Option(None, "-i", "--input-file", metavar="FILE", help="A URL file "
+                                             "(plain or aria2-style), read again for every run."),
+    modes: str = typer.Option("sequential,thread,async", "--modes", metavar="MODE,...", help="Comma-separated "
+                              "modes to run."),
+    post: List[str] = typer.Option([], "--post", metavar="SPEC", help="Post-process each file: sha256, md5, "
+                                   "blake2b, fib:N "
                                    "(repeatable); each mode then runs with post tasks on threads and on "
                                    "processes."),
-    runs: int = typer.Option(3, "--runs", min=1, help="Runs per row; the table shows medians."),
-    jobs: int = typer.Option(16, "-j", "--jobs", min=1, help="Connections in flight."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write every run and the medians as JSON."),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="Write a bar chart PNG (needs the plot extra: "
-                                        "pip install -e '.[plot]')."),
+    runs: int = typer.Option(3, "--runs", min=1, metavar="N", help="Runs per row; the table shows medians."),
+    jobs: int = typer.Option(16, "-j", "--jobs", min=1, metavar="N", help="Connections in flight."),
+    json_out: Optional[Path] = typer.Option(None, "--json", metavar="FILE", help="Write every run and the "
+                                            "medians as JSON."),
+    plot: Optional[Path] = typer.Option(None, "--plot", metavar="FILE", help="Write a bar chart PNG (needs the "
+                                        "plot extra: pip install -e '.[plot]')."),
 ) -> None:
     _take_over_signals()
     from .benchcmd import check_plot_extra, format_table, run_bench, write_json, write_plot
@@ -284,9 +358,11 @@ def main() -> None:
 
     It ends with `os._exit` once stdout and stderr are flushed: every command closes what it
     opened (files, pools, servers), and skipping the interpreter's teardown of aiohttp, requests
-    and the rest saves about 30 ms a run, which shows on a batch that takes 0.4 s."""
+    and the rest saves about 30 ms a run, which shows on a batch that takes 0.4 s. The program
+    is called `downloader` however it was started (`python -m downloader` too), so usage lines
+    and the script `--show-completion` prints name the command people type."""
     try:
-        app()
+        app(prog_name="downloader")
         code = 0
     except SystemExit as exc:
         if isinstance(exc.code, str):

@@ -42,7 +42,13 @@ def parse_size(value: str | int | float, what: str = "size") -> int:
 
 
 def parse_rate(value: str | int | float | None, what: str = "--max-speed") -> int | None:
-    """Bytes per second from `"2M"`, `"500K"`, `"1M/s"`; None, `0` and `""` mean no limit."""
+    """Bytes per second from `"2M"`, `"500K"`, `"1M/s"`; None means no limit.
+
+        >>> parse_rate("0") is None
+        True
+
+    Zero in any spelling (`0`, `"0"`, `"0K"`, `""`) means no limit too, as `--max-speed 0` does in
+    aria2 and `--limit-rate=0` in wget: a cap of nothing per second would never finish."""
     if value is None or value == "" or value == 0:
         return None
     text = str(value).strip()

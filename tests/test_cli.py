@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -149,6 +150,107 @@ def test_help_lists_exit_codes():
     proc = run_cli("get", "--help")
     assert proc.returncode == 0
     assert "130 interrupted" in " ".join(proc.stdout.split())
+
+
+def test_version_names_each_component():
+    import platform
+    from importlib import metadata
+    proc = run_cli("--version")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"downloader {metadata.version('downloader')}"  # __version__ agrees with the package
+    assert f"Python {platform.python_version()} ({platform.python_implementation()})" in lines
+    for package in ("aiohttp", "requests"):
+        assert f"{package} {metadata.version(package)}" in lines
+    named = {line.split()[0] for line in lines}
+    for accelerator in ("pycurl", "uvloop"):
+        try:
+            metadata.version(accelerator)
+            installed = True
+        except metadata.PackageNotFoundError:
+            installed = False
+        assert (accelerator in named) == installed, proc.stdout
+    if "pycurl" in named:
+        assert "libcurl/" in next(line for line in lines if line.startswith("pycurl "))
+
+
+@pytest.mark.filterwarnings("ignore:'click.utils.* is deprecated:DeprecationWarning")  # typer < 0.26 on click 8.2+
+def test_version_names_an_accelerator_only_when_installed_and_says_when_it_cannot_load(monkeypatch):
+    from importlib import metadata
+
+    from downloader.cli import version_report
+
+    real_version = metadata.version
+
+    def pretend(installed: set[str]):
+        def version(package: str) -> str:
+            if package in ("pycurl", "uvloop"):
+                if package not in installed:
+                    raise metadata.PackageNotFoundError(package)
+                return "9.9.9"
+            return real_version(package)
+        return version
+
+    monkeypatch.setattr(metadata, "version", pretend(set()))
+    assert not [line for line in version_report().splitlines() if line.startswith(("pycurl", "uvloop"))]
+    monkeypatch.setattr(metadata, "version", pretend({"pycurl"}))
+    monkeypatch.setitem(sys.modules, "pycurl", None)  # installed, but libcurl will not load
+    assert "pycurl 9.9.9 (cannot be loaded: " in version_report()
+
+
+def test_version_loads_no_http_library():
+    code = ("import sys; from downloader.cli import version_report; version_report(); "
+            "print(sorted(m for m in ('aiohttp', 'requests', 'tqdm', 'uvloop') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", [(), ("get",), ("serve",), ("gil",), ("demo",), ("bench",)])
+def test_dash_h_is_help_everywhere(command):
+    short, long = run_cli(*command, "-h"), run_cli(*command, "--help")
+    assert short.returncode == 0, short.stderr
+    assert short.stdout == long.stdout
+    assert short.stdout.startswith("Usage: downloader ")
+    assert "-h, --help" in short.stdout
+
+
+def test_help_names_what_each_option_takes():
+    text = run_cli("get", "--help").stdout
+    for shown in ("[URL]...", "-i, --input-file FILE", "-d, --dir DIR", "-j, --jobs N", "--per-host N",
+                  "--retries N", "--timeout DURATION", "--header 'NAME: VALUE'", "-s, --segments N",
+                  "--min-segment-size SIZE", "--max-speed RATE", "--checksum ALGO=HEX", "--sums FILE",
+                  "--manifest FILE", "--post SPEC", "--post-workers N", "--report FILE"):
+        assert shown in text, shown
+    for command in ("get", "serve", "gil", "demo", "bench"):
+        text = run_cli(command, "--help").stdout
+        vague = re.findall(r"^\s+(?:-\w, )?--[\w-]+ (?:TEXT|INTEGER|FLOAT|PATH)\b.*", text, re.MULTILINE)
+        assert not vague, f"{command}: {vague}"
+
+
+def test_max_speed_0_means_no_limit(url, tmp_path):
+    assert "0 means no limit" in " ".join(run_cli("get", "--help").stdout.split())
+    proc = run_cli("get", url("/gen/free.bin", size=300_000), "-d", str(tmp_path), "--max-speed", "0")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "free.bin").read_bytes() == gen_bytes(300_000)
+
+
+def test_shell_completion_completes_commands_options_and_choices():
+    script = Path(sys.executable).with_name("downloader")
+    if not script.exists():
+        pytest.skip("the downloader script is not installed beside this Python")
+
+    def complete(words: str) -> list[str]:
+        env = dict(os.environ, _DOWNLOADER_COMPLETE="complete_bash", COMP_WORDS=words,
+                   COMP_CWORD=str(len(words.split()) - (0 if words.endswith(" ") else 1)))
+        proc = subprocess.run([str(script)], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("downloader g") == ["get", "gil"]
+    assert complete("downloader get --max") == ["--max-speed"]
+    assert complete("downloader get -m ") == ["async", "thread", "sequential"]
+    shown = run_cli("--show-completion", "bash")
+    assert shown.returncode == 0 and "complete -o default -F _downloader_completion downloader" in shown.stdout
 
 
 def _start(args, **kw) -> subprocess.Popen:

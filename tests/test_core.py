@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from downloader.config import Options, parse_duration, parse_header, parse_rate, parse_size
@@ -34,6 +34,7 @@ from downloader.core.naming import (MAX_NAME_BYTES, PART_SUFFIX, STATE_DIR, STAT
 from downloader.core.ranges import (Segment, SegmentPlan, Validator, connections_for, judge,
                                     parse_content_range, range_header)
 from downloader.core.ratelimit import TokenBucket
+from downloader.core.headers import header_text
 from downloader.core.redirects import headers_for, next_hop
 from downloader.core.results import FAILED, OK, SKIPPED, Result, Results
 from downloader.core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
@@ -176,6 +177,24 @@ class TestDeduplicator:
             plain.add(url)
 
 
+# ======================================================================== core.headers
+class TestHeaderText:
+    # how each library hands over a header's bytes: http.client (requests) as Latin-1, aiohttp as
+    # UTF-8 with surrogateescape
+    @pytest.mark.parametrize("text", ["café.bin", "آب.txt", "Straße naïve", "€ 😀", "文件.pdf"])
+    def test_utf8_bytes_read_the_same_from_every_library(self, text):
+        raw = text.encode("utf-8")
+        assert header_text(raw.decode("latin-1")) == header_text(raw.decode("utf-8", "surrogateescape")) == text
+
+    @pytest.mark.parametrize("raw, text", [(b"caf\xe9.pdf", "café.pdf"), (b"\xff\xfe", "ÿþ")])
+    def test_other_bytes_read_as_latin1_from_every_library(self, raw, text):
+        assert header_text(raw.decode("latin-1")) == header_text(raw.decode("utf-8", "surrogateescape")) == text
+
+    @pytest.mark.parametrize("value", ["", "attachment; filename=a.txt", "/p?q=%C3%A9", "\t x"])
+    def test_ascii_is_left_alone(self, value):
+        assert header_text(value) == value
+
+
 # ======================================================================== core.naming
 def assert_single_safe_component(name: str, dest: Path) -> None:
     assert name
@@ -200,6 +219,56 @@ class TestNaming:
     ])
     def test_name_from_content_disposition(self, cd, name):
         assert target_name("https://h/from-url.bin", cd) == name
+
+    @pytest.mark.parametrize("cd, name", [
+        ('filename="report.pdf"', "report.pdf"),
+        ("filename=name.bin; charset=x; option=y", "name.bin"),
+        ("filename=my file.pdf", "my file.pdf"),
+        ('filename = "spaced.pdf"', "spaced.pdf"),
+        ("Filename=upper.txt", "upper.txt"),
+        ("filename*=UTF-8''%E2%82%AC%20rates.txt", "€ rates.txt"),
+        ("filename=\"fallback.txt\"; filename*=UTF-8''na%C3%AFve.txt", "naïve.txt"),
+        ("filename*=UTF-8''na%C3%AFve.txt; filename=fallback.txt", "naïve.txt"),
+        ('filename="semi;colon.txt"', "semi;colon.txt"),
+        ("name=field; filename=form.bin", "form.bin"),
+    ])
+    def test_a_header_without_a_disposition_type_still_names_the_file(self, cd, name):
+        assert target_name("https://h/from-url.bin", cd) == name
+
+    @pytest.mark.parametrize("cd, name", [
+        ('filename="../../etc/passwd"', "passwd"),
+        ("filename=..", "_"),
+        ("filename*=UTF-8''..%2F..%2Fx.sh", "x.sh"),
+        ('filename="a\\..\\b.exe"', "b.exe"),
+        ("filename*=UTF-8''%00evil%0A.txt", "_evil_.txt"),
+    ])
+    def test_a_typeless_header_keeps_every_safety_rule(self, cd, name, tmp_path):
+        assert target_name("https://h/from-url.bin", cd) == name
+        assert_single_safe_component(name, tmp_path)
+
+    @pytest.mark.parametrize("cd, name", [
+        ('attachment; filename="café آب.pdf"', "café آب.pdf"),
+        ('filename="отчёт.pdf"', "отчёт.pdf"),
+        ('attachment; filename="../../naïve.sh"', "naïve.sh"),
+    ])
+    def test_raw_utf8_in_filename_gives_one_name_in_every_engine(self, cd, name):
+        raw = cd.encode("utf-8")
+        for spelling in (raw.decode("latin-1"), raw.decode("utf-8", "surrogateescape")):
+            assert target_name("https://h/from-url.bin", spelling) == name
+
+    @pytest.mark.parametrize("cd", ["=x", "charset=utf-8", 'filename=""', "name=x; size=3", "; ;", "="])
+    def test_a_typeless_header_without_a_name_falls_back_to_the_url(self, cd):
+        assert target_name("https://h/dir/from-url.bin", cd) == "from-url.bin"
+
+    @FAST
+    @given(st.one_of(ANY_TEXT, ANY_TEXT.map(lambda t: "filename=" + t), ANY_TEXT.map(lambda t: "filename*=" + t),
+                     ANY_TEXT.map(lambda t: "filename*=UTF-8''" + quote(t, safe=";=")),
+                     ANY_TEXT.map(lambda t: 'filename="' + t + '"; x=y')))
+    def test_any_header_text_gives_none_or_a_name_that_is_made_safe(self, cd):
+        raw = name_from_content_disposition(cd)
+        assert raw is None or (isinstance(raw, str) and raw)
+        if raw is not None:
+            assert_single_safe_component(safe_name(raw), Path("/tmp/downloader-dest"))
 
     @pytest.mark.parametrize("cd", [None, "", "inline", "attachment", 'attachment; filename=""', "attachment; name=x"])
     def test_content_disposition_without_a_name_falls_back_to_the_url(self, cd):
@@ -444,6 +513,11 @@ class TestRedirects:
         assert "refused" in next_hop("https://h/a", 302, location, hops=0, max_hops=10).refused
         assert RedirectError("x").retryable is False
 
+    @pytest.mark.parametrize("location", ["//[", "http://h:99999/x", "//h:port/x", "http://a b/x", "//a\x00b/"])
+    def test_a_location_that_does_not_parse_is_refused_not_raised(self, location):
+        hop = next_hop("https://h/a", 302, location, hops=0, max_hops=10)
+        assert hop.refused == f"redirect to an invalid URL refused ({location!r})"
+
     @pytest.mark.parametrize("location", [None, ""])
     def test_missing_location(self, location):
         assert "without a Location" in next_hop("https://h/a", 302, location, hops=0, max_hops=10).refused
@@ -472,6 +546,66 @@ class TestRedirects:
                    ("X-Keep", "1"), ("Accept", "*/*"))
         assert headers_for(headers, cross_host=False) == headers
         assert headers_for(headers, cross_host=True) == (("X-Keep", "1"), ("Accept", "*/*"))
+
+    # A Location holding raw UTF-8 bytes, as each HTTP library hands it over: http.client (requests)
+    # decodes header bytes as Latin-1, aiohttp as UTF-8 (surrogateescape for bytes that are not).
+    @staticmethod
+    def spellings(raw: bytes) -> dict[str, str]:
+        return {"latin-1 (requests)": raw.decode("latin-1"), "utf-8 (aiohttp)": raw.decode("utf-8", "surrogateescape")}
+
+    @pytest.mark.parametrize("location, expected", [
+        ("/gen/café.bin", "https://h/gen/caf%C3%A9.bin"),
+        ("/dl/آب.txt?name=آ", "https://h/dl/%D8%A2%D8%A8.txt?name=%D8%A2"),
+        ("/Ünïcödé/Straße?q=naïve", "https://h/%C3%9Cn%C3%AFc%C3%B6d%C3%A9/Stra%C3%9Fe?q=na%C3%AFve"),
+        ("https://other/😀.png", "https://other/%F0%9F%98%80.png"),
+    ])
+    def test_a_location_with_raw_utf8_bytes_leads_to_the_same_url_in_every_engine(self, location, expected):
+        for library, spelling in self.spellings(location.encode("utf-8")).items():
+            assert next_hop("https://h/start", 302, spelling, hops=0, max_hops=5).url == expected, library
+
+    def test_the_mojibake_spelling_is_repaired_not_encoded_twice(self):
+        mojibake = "/gen/café.bin".encode("utf-8").decode("latin-1")
+        assert mojibake == "/gen/cafÃ©.bin"
+        assert next_hop("https://h/a", 302, mojibake, hops=0, max_hops=5).url == "https://h/gen/caf%C3%A9.bin"
+
+    def test_bytes_that_are_not_utf8_are_read_as_latin1_in_every_engine(self):
+        for library, spelling in self.spellings(b"/caf\xe9\xff.bin").items():
+            assert next_hop("https://h/a", 302, spelling, hops=0, max_hops=5).url == "https://h/caf%C3%A9%C3%BF.bin", \
+                library
+
+    @pytest.mark.parametrize("location", [
+        "/plain/file.bin?size=10&x=a%20b#frag",
+        "https://other:8443/a/b?c=d",
+        "/already/caf%C3%A9.bin?q=%D8%A2",
+        "/odd/%zz/100%",
+        "/chars/~!$&'()*+,;=:@[]{}|^`<>\"",
+    ])
+    def test_an_ascii_location_is_left_as_it_is(self, location):
+        expected = location if location.startswith("https://") else "https://h" + location
+        assert next_hop("https://h/a", 302, location, hops=0, max_hops=5).url == expected
+
+    def test_spaces_and_non_ascii_are_escaped_but_the_host_is_not(self):
+        assert next_hop("https://h/a", 302, "/my file.txt?q=a b", hops=0, max_hops=5).url \
+            == "https://h/my%20file.txt?q=a%20b"
+        hop = next_hop("https://h/a", 302, "https://bücher.example/ö", hops=0, max_hops=5)
+        assert hop.url == "https://bücher.example/%C3%B6" and hop.cross_host
+
+    @FAST
+    @given(st.text(max_size=60))
+    def test_any_location_gives_a_hop_never_an_exception(self, location):
+        hop = next_hop("https://h/a", 302, location, hops=0, max_hops=5)
+        assert hop.refused or (hop.url.startswith(("http://", "https://")) and " " not in hop.url)
+
+    @FAST
+    @given(st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\t\n\r"), max_size=60))
+    def test_both_spellings_of_any_text_give_one_ascii_url(self, text):
+        location = "/p/" + text
+        # text that is itself the UTF-8 of Latin-1 mojibake reads as mojibake (see header_text)
+        assume(header_text(location) == location)
+        urls = {library: next_hop("https://h/a", 302, spelling, hops=0, max_hops=5).url
+                for library, spelling in self.spellings(location.encode("utf-8")).items()}
+        assert len(set(urls.values())) == 1, urls
+        assert all(url.isascii() and " " not in url for url in urls.values())
 
 
 # ======================================================================== core.ranges
@@ -1103,7 +1237,8 @@ class TestConfig:
             parse_duration(value, "--timeout")
 
     @pytest.mark.parametrize("value, rate", [
-        (None, None), ("", None), (0, None), ("0", None), ("2M", 2 * 1024 ** 2), ("1M/s", 1024 ** 2),
+        (None, None), ("", None), (0, None), ("0", None), ("0K", None), ("0/s", None), (0.0, None),
+        ("2M", 2 * 1024 ** 2), ("1M/s", 1024 ** 2),
         ("500K/S", 512_000), (1000, 1000),
     ])
     def test_parse_rate(self, value, rate):
@@ -1225,6 +1360,7 @@ DEPENDENCY_HOMES = {
     "click": {"cli.py"},
     "dask": {"engines/cluster.py"},
     "distributed": {"engines/cluster.py"},
+    "pycurl": {"engines/curl.py", "cli.py"},  # cli.py: only for libcurl's version in --version
 }
 
 

@@ -5,8 +5,9 @@
     >>> target_name("https://h/a", 'attachment; filename="../../etc/passwd"')
     'passwd'
 
-The name comes from `Content-Disposition` (RFC 6266 `filename*=` preferred over `filename=`), else
-the URL's last path segment, percent-decoded, without the query; `index.html` for an empty path.
+The name comes from `Content-Disposition` (RFC 6266 `filename*=` preferred over `filename=`, with or
+without a disposition type before them), else the URL's last path segment, percent-decoded, without
+the query; `index.html` for an empty path.
 Whatever the source, the result has no separators, no `..`, no control characters, and fits in
 `MAX_NAME_BYTES`, so `NAME.part.state` still fits in a 255-byte file-system name.
 """
@@ -15,6 +16,8 @@ from __future__ import annotations
 import hashlib
 import unicodedata
 from urllib.parse import unquote, urlsplit
+
+from .headers import header_text
 
 PART_SUFFIX = ".part"
 STATE_SUFFIX = ".part.state"
@@ -25,11 +28,22 @@ _RESERVED = {STATE_DIR}
 
 
 def name_from_content_disposition(value: str | None) -> str | None:
-    """The file name a Content-Disposition header asks for (unsanitised), or None."""
+    """The file name a Content-Disposition header asks for (unsanitised), or None.
+
+        >>> name_from_content_disposition('filename="report.pdf"')
+        'report.pdf'
+
+    RFC 6266 wants a disposition type first (`attachment; filename=...`), but real servers send
+    `filename="report.pdf"` or `filename=name; charset=x` alone, and curl and wget take the name
+    from those too: a header that opens with a parameter is read as if it said `attachment` first.
+    """
     if not value:
         return None
     from email.message import Message
     from email.utils import collapse_rfc2231_value
+    value = header_text(value)  # raw UTF-8 in filename="..." reads the same in every engine
+    if "=" in value.split(";", 1)[0]:  # no disposition type: the first item is a parameter
+        value = "attachment; " + value
     message = Message()
     try:
         message["content-disposition"] = value

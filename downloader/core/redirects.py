@@ -8,17 +8,24 @@ Engines send requests with automatic redirects off and ask `next_hop` what to do
 
 Rules: at most `max_hops` hops; only http and https targets; headers the user set that carry
 credentials (Authorization, Cookie, Proxy-Authorization) are dropped once the host changes and
-stay dropped (see `headers_for`).
+stay dropped (see `headers_for`). A Location with raw UTF-8 bytes leads to the same URL in every
+engine, percent-encoded as curl sends it (see `core.headers` and `percent_encoded`).
 """
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
-from urllib.parse import unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+from .headers import header_text
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 SENSITIVE_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+_SCHEME_AND_AUTHORITY = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*")
+_PRINTABLE_ASCII = "".join(chr(c) for c in range(0x21, 0x7F))
+"""What a URL may hold as it is: everything else (space, control characters, non-ASCII) is escaped."""
 
 
 @dataclass(frozen=True)
@@ -46,14 +53,42 @@ def next_hop(url: str, status: int, location: str | None, *, hops: int, max_hops
         return Hop(url, refused=f"HTTP {status} redirect without a Location header")
     if hops >= max_hops:
         return Hop(url, refused=f"more than {max_hops} redirects")
-    target = urljoin(url, location.strip())
-    scheme = urlsplit(target).scheme.lower()
+    text = header_text(location).strip()
+    try:
+        target = percent_encoded(urljoin(url, text))
+        scheme, host, port = origin(target)
+    except ValueError:  # an unclosed IPv6 bracket, a port like 99999
+        return Hop(url, refused=f"redirect to an invalid URL refused ({text!r})")
     if scheme not in ("http", "https"):
         return Hop(target, refused=f"redirect to a {scheme or 'relative'}: URL refused ({target})")
-    if not urlsplit(target).hostname:
+    if not host:
         return Hop(target, refused=f"redirect to a URL without a host refused ({target})")
+    if not host.isprintable() or " " in host:
+        return Hop(url, refused=f"redirect to an invalid URL refused ({text!r})")
     start = first_url or url
-    return Hop(target, cross_host=origin(target)[1:] != origin(start)[1:] or _downgraded(start, target))
+    return Hop(target, cross_host=(host, port) != origin(start)[1:] or _downgraded(start, target))
+
+
+def percent_encoded(url: str) -> str:
+    """`url` with every non-ASCII character, space and control character after the host escaped
+    as %XX of its UTF-8 bytes, as curl does before it sends a redirect's URL; existing %XX
+    escapes and the host are left alone (the HTTP library turns an international host into IDNA).
+
+        >>> percent_encoded("https://h/café?q=آ b")
+        'https://h/caf%C3%A9?q=%D8%A2%20b'
+
+    Every engine then sends the same request line, whatever its library would have done with
+    raw text. Lone surrogates (how a URL file's bytes that are not UTF-8 are kept) become those
+    bytes again."""
+    head = _SCHEME_AND_AUTHORITY.match(url)
+    cut = head.end() if head else 0
+    tail = url[cut:]
+    if tail.isascii() and tail.isprintable() and " " not in tail:
+        return url
+    try:
+        return url[:cut] + quote(tail, safe=_PRINTABLE_ASCII, errors="surrogateescape")
+    except UnicodeEncodeError:  # a surrogate no byte stands for (U+D800), from the API
+        return url[:cut] + quote(tail, safe=_PRINTABLE_ASCII, errors="surrogatepass")
 
 
 def _downgraded(start: str, target: str) -> bool:
