@@ -405,6 +405,13 @@ def _engine(mode: str):
     if mode == "async":
         from .engines.aio import AsyncEngine
         return AsyncEngine
+    if mode == "curl":
+        try:
+            from .engines.curl import CurlEngine
+        except ImportError as exc:
+            raise UsageError(f"--mode curl needs pycurl, which cannot be imported ({exc}): "
+                             "pip install 'downloader[curl]'") from exc
+        return CurlEngine
     from .engines.sync import ThreadEngine
     return ThreadEngine
 

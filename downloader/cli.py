@@ -32,6 +32,7 @@ class Mode(str, enum.Enum):
     async_ = "async"
     thread = "thread"
     sequential = "sequential"
+    curl = "curl"
 
 
 class PostExecutor(str, enum.Enum):

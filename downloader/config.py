@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import UsageError
 
-MODES = ("async", "thread", "sequential")
+MODES = ("async", "thread", "sequential", "curl")
 """The engines a user can pick with --mode."""
 
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1000, "KIB": 1024, "M": 1024 ** 2, "MB": 1000 ** 2,
@@ -90,7 +90,8 @@ class Options:
     dest: Path = Path(".")
     """Output folder; created when missing. Nothing is ever written outside it."""
     mode: str = "async"
-    """Engine: "async" (aiohttp), "thread" (a pool of requests sessions) or "sequential"."""
+    """Engine: "async" (aiohttp), "thread" (a pool of requests sessions), "sequential" (one of
+    them), or "curl" (libcurl's multi interface through pycurl)."""
     jobs: int = 16
     """Connections in flight at once across the batch, segments included."""
     per_host: int | None = None

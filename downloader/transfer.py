@@ -130,6 +130,8 @@ class Transfer:
         """Bytes of bodies taken in this run (what the progress display counts)."""
         self._written_before = 0
         self.http_status: int | None = None
+        self.http_version: str | None = None
+        """The protocol of the last response ("1.1", "2"), as the engine saw it."""
         self.error: TransferError | None = None
         self.restart_reason: str | None = None
         self.restarts = 0
@@ -651,6 +653,7 @@ class Transfer:
         self._now_sized()
         path = self._path() if self.name and status in (OK, SKIPPED) else None
         result = Result(url=self.job.url, status=status, path=path, http_status=self.http_status,
+                        http_version=self.http_version,
                         bytes=self.written, size=size, sha256=sha256, attempts=self.requests,
                         seconds=round(time.monotonic() - self.started, 6), error=error, line=self.job.line)
         if self._bar_open:

@@ -16,7 +16,7 @@ from downloader.progress import RecordingReporter
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "fixtures"
-MODES = ("sequential", "thread", "async")
+MODES = ("sequential", "thread", "async", "curl")
 _unique = itertools.count()
 
 

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import MODES, run_cli
 from downloader.mockserver import gen_bytes
 
-MODES = ("sequential", "thread", "async")
 
 
 def free_port() -> int:

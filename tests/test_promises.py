@@ -13,11 +13,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from conftest import run_cli
+from conftest import MODES, run_cli
 from downloader import download
 from downloader.mockserver import gen_bytes
 
-MODES = ("sequential", "thread", "async")
 
 
 def _start(args, **kw) -> subprocess.Popen:

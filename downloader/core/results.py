@@ -25,6 +25,8 @@ class Result:
     """Where the file is, as the output folder was given ("out/a.iso"); None when there is no
     file (a failed or interrupted download)."""
     http_status: int | None = None
+    http_version: str | None = None
+    """The HTTP version of the last response ("1.1", "2"), when known."""
     bytes: int = 0
     """Bytes received in this run (resumed bytes from before are not counted again)."""
     size: int | None = None

@@ -1,0 +1,547 @@
+"""The libcurl twin: `curl` mode, libcurl's multi interface through pycurl, on one thread.
+
+The other engines run a connection per worker (a thread, a task) through the same steps; here each
+connection is a `Connection` around one reused easy handle, and the steps are driven by libcurl's
+callbacks instead of a loop: the same `Transfer` calls, in the same order, as `engines.sync`::
+
+    begin -> request -> (3xx: follow, again) -> accept -> write... -> body_ended
+          -> (error: failed_try, wait, again) -> release, claim -> leave -> finish
+
+libcurl only moves bytes: redirects are not followed by it (core.redirects decides the next hop),
+nor are proxies read from the environment or logins from netrc (core decides both, for every
+engine alike); connection reuse, HTTP/2 multiplexing and TLS are libcurl's. One event loop watches
+every socket with epoll through `socket_action`, plus a pipe other threads use to wake it (new
+jobs from the feed, a stop).
+
+    >>> from downloader import download
+    >>> download(["https://example.org/a.iso"], "out", mode="curl")  # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import heapq
+import os
+import selectors
+import threading
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+
+import pycurl
+
+from ..core.redirects import REDIRECT_STATUSES, redact
+from ..core.results import Result
+from ..core.schedule import WAIT, Help, Start
+from ..errors import DiskError, IncompleteBody, StallError, TransferError
+from ..transfer import Context, Transfer
+
+HTTP_VERSIONS = {pycurl.CURL_HTTP_VERSION_1_0: "1.0", pycurl.CURL_HTTP_VERSION_1_1: "1.1",
+                 pycurl.CURL_HTTP_VERSION_2_0: "2", getattr(pycurl, "CURL_HTTP_VERSION_3", 30): "3"}
+BUFFER_BUDGET = 64 << 20
+"""Bytes of receive buffers for all connections together: each gets the read size (--chunk-size),
+but never more than its share of this, so -j 1000 does not cost 256 MB."""
+
+_STALL = "no data for the stall timeout (--timeout)"
+
+
+def translate(code: int, message: str, *, proxy: str | None = None, connected: bool = True, os_errno: int = 0,
+              tunnel_answer: str | None = None) -> TransferError:
+    """The one place a libcurl error becomes the project's own, worded as the other engines word
+    it. `os_errno` is libcurl's OS_ERRNO (it says "Could not connect" where the others say
+    "connection refused"); `tunnel_answer` the status line a proxy gave to CONNECT, if not 2xx."""
+    text = message or f"libcurl error {code}"
+    if os_errno:
+        text = f"{text} ({os.strerror(os_errno)})"
+    if proxy and tunnel_answer:
+        return TransferError(f"proxy {redact(proxy)}: it answered {tunnel_answer} to CONNECT")
+    if proxy and code in (pycurl.E_COULDNT_CONNECT, getattr(pycurl, "E_COULDNT_RESOLVE_PROXY", 5)):
+        return TransferError(f"proxy {redact(proxy)}: {_reason(text)}")
+    if code == pycurl.E_OPERATION_TIMEDOUT:
+        if not connected:
+            return TransferError("connect timeout (--timeout)")
+        return StallError(_STALL)
+    if code in (pycurl.E_PARTIAL_FILE, pycurl.E_RECV_ERROR):
+        return IncompleteBody(f"connection broken mid-body ({_reason(text)})")
+    if code == pycurl.E_GOT_NOTHING:
+        return IncompleteBody("connection broken before the response (the server sent nothing)")
+    if code in (pycurl.E_URL_MALFORMAT, pycurl.E_UNSUPPORTED_PROTOCOL):
+        return TransferError(f"invalid URL: {text}", retryable=False)
+    if code in (pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_SEND_ERROR):
+        return TransferError(f"connection failed: {_reason(text)}")
+    return TransferError(f"{text} (libcurl error {code})")
+
+
+def _reason(text: str) -> str:
+    lowered = text.lower()
+    for marker, said in (("refused", "connection refused"), ("could not resolve", "name or service not known"),
+                         ("reset", "connection reset"), ("timed out", "timed out"),
+                         ("no route", "no route to host"), ("unreachable", "network is unreachable")):
+        if marker in lowered:
+            return said
+    return text[:160]
+
+
+class Headers(dict):
+    """Response headers by lower-case name (the core asks for "Content-Range"); repeated ones are
+    joined with ", ", as requests joins them."""
+
+    def get(self, name, default=None):
+        return dict.get(self, name.lower(), default)
+
+    def add(self, name: str, value: str) -> None:
+        key = name.lower()
+        self[key] = f"{dict.__getitem__(self, key)}, {value}" if key in self else value
+
+
+class Connection:
+    """One connection: an easy handle that carries one segment of one transfer at a time, and the
+    state of the response it is reading."""
+
+    def __init__(self, engine: "CurlEngine", number: int) -> None:
+        self.engine = engine
+        self.number = number
+        self.curl = curl = pycurl.Curl()
+        self.transfer: Transfer | None = None
+        self.seg = None
+        self.host = ""
+        self.failures = 0
+        self.hops = 0
+        self.url = ""
+        self.sent: list[tuple[str, str]] = []
+        self.proxy: str | None = None
+        self.status = 0
+        self.reason = ""
+        self.headers = Headers()
+        self.accepted = False
+        """The response's body goes into the file (accept said so)."""
+        self.tunnel = False
+        """The next response head is a proxy's answer to CONNECT (an https:// URL through a proxy)."""
+        self.tunnel_answer: str | None = None
+        self.ended = False
+        """We stopped this response on purpose (accept or write said stop): not an error."""
+        self.error: TransferError | None = None
+        self.requests = 0
+        """Requests sent on this connection (a timer set for one request ignores the next)."""
+        opts = engine.ctx.options
+        curl.setopt(pycurl.HEADERFUNCTION, self._on_header)
+        curl.setopt(pycurl.WRITEFUNCTION, self._on_body)
+        curl.setopt(pycurl.FOLLOWLOCATION, 0)
+        curl.setopt(pycurl.NOSIGNAL, 1)
+        curl.setopt(pycurl.CONNECTTIMEOUT_MS, int(opts.timeout * 1000))
+        curl.setopt(pycurl.LOW_SPEED_LIMIT, 1)
+        curl.setopt(pycurl.LOW_SPEED_TIME, max(1, round(opts.timeout)))
+        curl.setopt(pycurl.BUFFERSIZE, engine.buffer_size)
+        curl.setopt(pycurl.HTTP_VERSION, pycurl.CURL_HTTP_VERSION_2TLS)
+        curl.setopt(pycurl.ACCEPT_ENCODING, None)  # bytes as they are on the wire, never decoded
+        curl.setopt(pycurl.NETRC, pycurl.NETRC_IGNORED)
+        curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+        curl.setopt(pycurl.USERAGENT, engine.user_agent)
+
+    # ------------------------------------------------------------------ one request
+    def send(self, url: str, headers: list[tuple[str, str]]) -> None:
+        """Start a request on this connection (the engine adds it to the multi handle)."""
+        self.url, self.sent = url, headers
+        self.proxy = self.engine.ctx.proxies.for_url(url)
+        curl = self.curl
+        curl.setopt(pycurl.URL, url)
+        curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers])
+        curl.setopt(pycurl.PROXY, self.proxy or "")
+        # wait for a connection that may multiplex (HTTP/2, offered over TLS) rather than open
+        # another; over plain http there is none, and libcurl would wait for the busy one to end
+        curl.setopt(pycurl.PIPEWAIT, url[:6].lower() == "https:")
+        self.tunnel, self.tunnel_answer = self.proxy is not None and url[:6].lower() == "https:", None
+        self.status, self.reason, self.headers = 0, "", Headers()
+        self.accepted = self.ended = False
+        self.error = None
+        self.requests += 1
+        self.engine.add(self)
+
+    def _on_header(self, line: bytes):
+        """libcurl's header callback: one line of the response head at a time."""
+        try:
+            text = line.decode("latin-1").rstrip("\r\n")
+            if text.startswith("HTTP/"):
+                parts = text.split(" ", 2)
+                self.status = int(parts[1])
+                self.reason = parts[2] if len(parts) > 2 else ""
+                self.headers = Headers()
+            elif text:
+                if text[0] in " \t" and self.headers:  # an obsolete folded line continues the last header
+                    last = next(reversed(self.headers))
+                    dict.__setitem__(self.headers, last, f"{self.headers[last]} {text.strip()}")
+                else:
+                    name, _, value = text.partition(":")
+                    self.headers.add(name.strip(), value.strip())
+            elif self.tunnel:  # the proxy's answer to CONNECT: the real answer follows if it is a 2xx
+                self.tunnel = False
+                if not 200 <= self.status < 300:
+                    self.tunnel_answer = f"{self.status} {self.reason}".strip()
+            elif 100 <= self.status < 200 or self.status in REDIRECT_STATUSES:
+                pass  # an interim answer, or a redirect whose body is dropped: the next one decides
+            elif not self.transfer.accept(self.seg, self.status, self.reason, self.headers):
+                self.ended = True
+                return 0
+            else:
+                self.accepted = True
+        except TransferError as exc:
+            self.error = exc
+            return 0
+        except Exception as exc:  # a bug must not vanish inside libcurl
+            self.error = TransferError(f"internal error: {exc!r}", retryable=False)
+            return 0
+        return None
+
+    def _on_body(self, data: bytes):
+        """libcurl's write callback: body bytes, into the file through the transfer."""
+        if not self.accepted:
+            return None  # a redirect's or an interim answer's body
+        try:
+            pause = self.transfer.write(self.seg, data)
+        except TransferError as exc:
+            self.error = exc
+            return 0
+        except Exception as exc:
+            self.error = TransferError(f"internal error: {exc!r}", retryable=False)
+            return 0
+        if pause is None:
+            self.ended = True
+            return 0
+        if pause:
+            self.curl.pause(pycurl.PAUSE_RECV)
+            request = self.requests
+            self.engine.later(pause, lambda: self._resume(request))
+        return None
+
+    def _resume(self, request: int) -> None:
+        if request == self.requests and self.curl in self.engine.busy:
+            try:
+                self.curl.pause(pycurl.PAUSE_CONT)
+            except pycurl.error:
+                pass
+
+    def done(self, code: int, message: str) -> None:
+        """The request ended: libcurl's result code (0 for a complete response)."""
+        t, seg = self.transfer, self.seg
+        t.http_version = HTTP_VERSIONS.get(self.curl.getinfo(pycurl.INFO_HTTP_VERSION), t.http_version)
+        try:
+            if self.error is not None:
+                raise self.error
+            if code and not self.ended:
+                curl = self.curl
+                raise translate(code, message, proxy=self.proxy, connected=curl.getinfo(pycurl.CONNECT_TIME) > 0,
+                                os_errno=curl.getinfo(pycurl.OS_ERRNO), tunnel_answer=self.tunnel_answer)
+            if not code and not self.ended and self.status in REDIRECT_STATUSES:
+                self.url, self.sent = t.follow(self.url, self.status, self.headers.get("Location"), self.hops,
+                                               self.sent)
+                self.hops += 1
+                self.send(self.url, self.sent)
+                return
+            if not code and self.accepted and not self.ended:
+                t.body_ended(seg)
+            if not code and not self.accepted and not self.ended:
+                raise IncompleteBody("connection closed before the end of the response's headers")
+        except TransferError as exc:
+            self.failures += 1
+            pause = t.failed_try(exc, self.failures)
+            if pause is None:
+                self.next_segment()
+            else:
+                self.engine.later(pause, self.fetch)
+            return
+        self.fetch()
+
+    # ------------------------------------------------------------------ the steps around requests
+    def fetch(self) -> None:
+        """The next request for the current segment, or on to the next segment when it is done
+        (the loop of `engines.sync.fetch`)."""
+        t, seg = self.transfer, self.seg
+        if seg is None or t.stopped() or seg.cursor >= seg.end:
+            self.next_segment()
+            return
+        self.hops = 0
+        url, headers = t.request(seg)
+        self.send(url, headers)
+
+    def next_segment(self) -> None:
+        """This segment is done (or given up): more of the file for this connection, or leave it
+        (the loop of `engines.sync.run_connection`)."""
+        t = self.transfer
+        t.release(self.seg)
+        self.seg = t.claim()
+        if self.seg is not None:
+            self.failures = 0
+            self.fetch()
+            return
+        if not t.leave():
+            self.engine.connection_free(self, None)
+            return
+        if t.finish_blocks():
+            self.engine.in_thread(t.finish, self.finished)
+        else:
+            self.finished(t.finish())
+
+    def finished(self, outcome: Result | object) -> None:
+        if isinstance(outcome, Result):
+            self.engine.connection_free(self, outcome)
+        else:  # the file starts over on this connection
+            self.seg, self.failures = outcome, 0
+            self.fetch()
+
+    def start(self, work) -> None:
+        """Take work from the scheduler: a new file, or a segment of one in flight."""
+        self.host = work.host
+        self.failures = 0
+        if isinstance(work, Start):
+            t = self.transfer = Transfer(work.job, self.engine.ctx, work.host)
+            self.engine.track(t)
+            try:
+                first = t.begin()
+            except TransferError as exc:
+                self.engine.connection_free(self, t.failure(exc))
+                return
+            if isinstance(first, Result):
+                self.engine.connection_free(self, first)
+                return
+            self.seg = first
+        else:
+            assert isinstance(work, Help)
+            self.transfer, self.seg = work.transfer, work.segment
+        self.fetch()
+
+
+class CurlEngine:
+    """`jobs` connections (easy handles) on one libcurl multi handle, driven from one thread."""
+
+    def __init__(self, ctx: Context, workers: int) -> None:
+        self.ctx = ctx
+        self.workers = workers
+        self.stopping = False
+        self.buffer_size = max(16 << 10, min(ctx.options.chunk_size, BUFFER_BUDGET // max(1, workers)))
+        from .. import __version__
+        self.user_agent = f"downloader/{__version__}"
+        self.multi = pycurl.CurlMulti()
+        self.multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self.multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        self.multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
+        self.selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self.selector.register(self._wake_r, selectors.EVENT_READ)
+        self._woken = False
+        self._loop_thread: int | None = None
+        self._curl_deadline: float | None = None
+        self._timers: list = []
+        self._timer_seq = 0
+        self._free: list[Connection] = []
+        self._made = 0
+        self.busy: dict[object, Connection] = {}
+        """Connections with a request in the multi handle, by their easy handle."""
+        self._holding = 0
+        """Connections with work but no request in flight (waiting to retry, finishing in a thread)."""
+        self._calls: deque = deque()
+        """Callables other threads hand to the loop (a finish run in a thread, done)."""
+        self._pool: ThreadPoolExecutor | None = None
+        self._active: set[Transfer] = set()
+        ctx.write_behind = True
+        ctx.scheduler.wake = self._wake
+
+    # ------------------------------------------------------------------ libcurl's callbacks
+    def _on_socket(self, what: int, fd: int, multi, data) -> None:
+        if what == pycurl.POLL_REMOVE:
+            try:
+                self.selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+            return
+        events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | \
+            (selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0)
+        try:
+            self.selector.modify(fd, events)
+        except KeyError:
+            self.selector.register(fd, events)
+
+    def _on_timer(self, ms: int) -> None:
+        self._curl_deadline = None if ms < 0 else time.monotonic() + ms / 1000
+
+    # ------------------------------------------------------------------ used by connections
+    def add(self, conn: Connection) -> None:
+        self.busy[conn.curl] = conn
+        self.multi.add_handle(conn.curl)
+
+    def later(self, seconds: float, call) -> None:
+        """Run `call` on the loop after `seconds` (a retry's backoff, a --max-speed pause); at once
+        when a stop is asked."""
+        self._timer_seq += 1
+        heapq.heappush(self._timers, (time.monotonic() + seconds, self._timer_seq, call))
+
+    def in_thread(self, fn, then) -> None:
+        """Run `fn` on a helper thread (verifying a big file), then `then(result)` on the loop."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(2, thread_name_prefix="finish")
+        self._holding += 1
+
+        def done(future) -> None:
+            self._calls.append(lambda: (self._release_hold(), then(future.result())))
+            self._wake()
+        self._pool.submit(fn).add_done_callback(done)
+
+    def _release_hold(self) -> None:
+        self._holding -= 1
+
+    def track(self, t: Transfer) -> None:
+        self._active.add(t)
+
+    def connection_free(self, conn: Connection, outcome: Result | None) -> None:
+        """`conn` is done with its work item; `outcome` is the file's result when it ended it."""
+        t = conn.transfer
+        conn.transfer = conn.seg = None
+        self.ctx.scheduler.connection_done(conn.host)
+        if outcome is not None:
+            self._active.discard(t)
+            self.ctx.post_submit(outcome)
+            self.ctx.scheduler.job_done()
+        self._free.append(conn)
+
+    # ------------------------------------------------------------------ the loop
+    def _wake(self) -> None:
+        """Called from any thread (the feed): the loop polls the scheduler again soon."""
+        if threading.get_ident() == self._loop_thread:
+            self._woken = True
+            return
+        if not self._woken:
+            self._woken = True
+            try:
+                os.write(self._wake_w, b"x")
+            except (BlockingIOError, OSError):
+                pass
+
+    def run(self, grace: float = 5.0) -> None:
+        self._loop_thread = threading.get_ident()
+        stop_deadline = None
+        try:
+            while True:
+                more = self._start_work()
+                if not more and not self.busy and not self._holding and not self._timers:
+                    return
+                if self.stopping:
+                    stop_deadline = stop_deadline or time.monotonic() + grace
+                    if time.monotonic() >= stop_deadline:
+                        self._abandon()
+                        return
+                self._wait(stop_deadline)
+                self._run_timers()
+                self._read_done()
+                while self._calls:
+                    self._calls.popleft()()
+        finally:
+            self.ctx.scheduler.wake = lambda: None
+            self._close()
+
+    def _start_work(self) -> bool:
+        """Give free connections work; False once the scheduler says everything is done."""
+        self._woken = False
+        scheduler = self.ctx.scheduler
+        while True:
+            if not self._free:
+                if self._made >= self.workers:
+                    return True
+                self._made += 1
+                self._free.append(Connection(self, self._made))
+            work = scheduler.poll()
+            if work is WAIT:
+                return True
+            if work is None:
+                return False
+            self._free.pop().start(work)
+
+    def _wait(self, stop_deadline: float | None) -> None:
+        now = time.monotonic()
+        deadlines = [d for d in (self._curl_deadline, stop_deadline,
+                                 self._timers[0][0] if self._timers else None) if d is not None]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else None
+        if self._woken or self._calls:
+            timeout = 0
+        for key, mask in self.selector.select(timeout):
+            fd = key.fd
+            if fd == self._wake_r:
+                try:
+                    while os.read(self._wake_r, 4096):
+                        pass
+                except BlockingIOError:
+                    pass
+                continue
+            action = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | \
+                (pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0)
+            self._socket_action(fd, action)
+        if self._curl_deadline is not None and time.monotonic() >= self._curl_deadline:
+            self._curl_deadline = None
+            self._socket_action(pycurl.SOCKET_TIMEOUT, 0)
+
+    def _socket_action(self, fd: int, action: int) -> None:
+        while True:
+            try:
+                ret, _ = self.multi.socket_action(fd, action)
+            except pycurl.error as exc:  # only for a misuse of the multi handle: a bug
+                raise RuntimeError(f"libcurl: {exc}") from exc
+            if ret != pycurl.E_CALL_MULTI_PERFORM:
+                return
+
+    def _read_done(self) -> None:
+        while True:
+            queued, ok, failed = self.multi.info_read()
+            for curl in ok:
+                self._done(curl, 0, "")
+            for curl, code, message in failed:
+                self._done(curl, code, message)
+            if not queued:
+                return
+
+    def _done(self, curl, code: int, message: str) -> None:
+        conn = self.busy.pop(curl)
+        self.multi.remove_handle(curl)
+        conn.done(code, message)
+
+    def _run_timers(self) -> None:
+        now = time.monotonic()
+        while self._timers and (self._timers[0][0] <= now or self.stopping):
+            _, _, call = heapq.heappop(self._timers)
+            call()
+
+    def stop(self) -> None:
+        """First Ctrl-C: start nothing new, let what is in flight land, keep every `.part`. A
+        response's bytes reach the file as they arrive, so the requests in flight are simply
+        ended; the files are parked the usual way (their connections leave, the last finishes)."""
+        self.stopping = True
+        self.ctx.scheduler.stop()
+        self._calls.append(self._end_requests)
+        self._woken = True
+        try:  # the pipe even from the loop's own thread: a signal handler runs there, mid-select
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _end_requests(self) -> None:
+        for curl, conn in list(self.busy.items()):
+            self.busy.pop(curl)
+            self.multi.remove_handle(curl)
+            conn.ended = True
+            conn.done(0, "")
+
+    def _abandon(self) -> None:
+        """Connections still busy after the grace period (a finish stuck on a disk): park their files."""
+        for t in list(self._active):
+            self.ctx.post_submit(t.park_quietly())
+        self._active.clear()
+
+    def _close(self) -> None:
+        for curl in list(self.busy):
+            self.multi.remove_handle(curl)
+        self.busy.clear()
+        for conn in self._free:
+            conn.curl.close()
+        self.multi.close()
+        self.selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
