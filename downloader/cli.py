@@ -155,9 +155,9 @@ def serve(
     if root is not None and not root.is_dir():
         raise _fail(f"{root} is not a folder", 2)
     try:
+        kinds = mockserver.check_faults((f.strip() for f in faults.split(",") if f.strip()), "--faults")
         config = mockserver.MockConfig(latency=parse_duration(latency, "--latency"),
-                                       rate=parse_rate(rate, "--rate"), fail_rate=fail_rate,
-                                       faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
+                                       rate=parse_rate(rate, "--rate"), fail_rate=fail_rate, faults=kinds,
                                        retry_after=retry_after, seed=seed)
     except (UsageError, ValueError) as exc:
         raise _fail(str(exc), 2)

@@ -104,7 +104,11 @@ from urllib.parse import quote
 
 from aiohttp import web
 
-__all__ = ["FAULT_KINDS", "BLOCK_LENGTH", "MockConfig", "MockServer", "gen_bytes", "make_app", "serve"]
+from .config import parse_duration, parse_rate
+from .errors import UsageError
+
+__all__ = ["FAULT_KINDS", "BLOCK_LENGTH", "MockConfig", "MockServer", "check_faults", "gen_bytes", "make_app",
+           "serve"]
 
 FAULT_KINDS = ("503", "429", "reset", "truncate", "lie", "stall", "ignore-range", "etag-change")
 """Every fault the server can be asked for, by `fault=` or through `MockConfig.faults`."""
@@ -133,10 +137,12 @@ class MockConfig:
     >>> flaky = MockConfig(fail_rate=0.2, faults=("503", "reset"), seed=7)  # the same faults each run
     """
 
-    latency: float = 0.0
-    """Seconds to wait before sending each response's headers (`latency=MS` overrides)."""
-    rate: int | None = None
-    """Cap on each response body in bytes per second; None: as fast as the link goes (`rate=`)."""
+    latency: float | str = 0.0
+    """Seconds to wait before sending each response's headers (`latency=MS` overrides); given as a number
+    or as the CLI takes it ("50ms", "1s"), always kept as float seconds."""
+    rate: int | str | None = None
+    """Cap on each response body in bytes per second; None: as fast as the link goes (`rate=`); given as a
+    number or as the CLI takes it ("1M", "500K"), always kept as int bytes per second."""
     fail_rate: float = 0.0
     """Probability that a GET of a file or /gen URL gets a fault drawn from `faults`."""
     faults: tuple[str, ...] = ("503",)
@@ -149,18 +155,42 @@ class MockConfig:
     """Largest single write of a response body, in bytes."""
 
     def __post_init__(self) -> None:
-        if self.latency < 0:
-            raise ValueError(f"latency {self.latency!r}: must be >= 0 seconds")
-        if self.rate is not None and self.rate < 1:
-            raise ValueError(f"rate {self.rate!r}: must be >= 1 byte/s, or None for no cap")
+        # Frozen, so the parsed values go in through object.__setattr__, once, here at the edge.
+        object.__setattr__(self, "latency", _parsed("latency", self.latency, parse_duration))
+        if isinstance(self.rate, (int, float)) and not isinstance(self.rate, bool) and self.rate < 1:
+            raise ValueError(f"MockConfig rate: {self.rate!r} must be >= 1 byte/s, or None for no cap")
+        if self.rate is not None:
+            object.__setattr__(self, "rate", _parsed("rate", self.rate, parse_rate))
         if not 0.0 <= self.fail_rate <= 1.0:
             raise ValueError(f"fail_rate {self.fail_rate!r}: must be between 0 and 1")
-        unknown = [kind for kind in self.faults if kind not in FAULT_KINDS]
-        if unknown or not self.faults:
-            raise ValueError(f"faults {self.faults!r}: expected some of {', '.join(FAULT_KINDS)}")
+        check_faults(self.faults, "MockConfig faults")
         retry_after_seconds(self.retry_after)
         if self.chunk_size < 1:
             raise ValueError(f"chunk_size {self.chunk_size!r}: must be >= 1 byte")
+
+
+def _parsed(field: str, value: object, parse: Callable[..., object]) -> object:
+    """`parse(value)` for a MockConfig field, with the CLI's parsers' UsageError as a ValueError."""
+    try:
+        return parse(value, field)
+    except UsageError as exc:
+        raise ValueError(f"MockConfig {exc}") from None
+
+
+def check_faults(kinds: Iterable[str], what: str = "faults") -> tuple[str, ...]:
+    """`kinds` as a tuple when each is one of FAULT_KINDS; ValueError naming the first that is not.
+
+    >>> check_faults("503,reset".split(","))
+    ('503', 'reset')
+    """
+    kinds = tuple(kinds)
+    expected = f"expected some of {', '.join(FAULT_KINDS)}"
+    for kind in kinds:
+        if kind not in FAULT_KINDS:
+            raise ValueError(f"{what}: {kind!r} is not a fault kind ({expected})")
+    if not kinds:
+        raise ValueError(f"{what}: no fault kind given ({expected})")
+    return kinds
 
 
 # --- content -------------------------------------------------------------------------------------

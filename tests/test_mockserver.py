@@ -25,7 +25,8 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from downloader.mockserver import BLOCK_LENGTH, MockConfig, MockServer, gen_bytes, plan_body
+from conftest import run_cli
+from downloader.mockserver import BLOCK_LENGTH, FAULT_KINDS, MockConfig, MockServer, gen_bytes, plan_body
 
 SIZE = 300_000
 SEED = 11
@@ -581,3 +582,43 @@ def test_serve_runs_until_interrupted_then_returns_quietly(signum):
 def test_a_name_too_long_for_the_file_system_is_a_404(tmp_path):
     with MockServer(tmp_path) as server:
         assert requests.get(f"{server.url}/{'a' * 300}.txt").status_code == 404
+
+
+# --- MockConfig strings and the serve command ----------------------------------------------------
+
+
+@pytest.mark.parametrize("given, latency, rate", [
+    ({"latency": "50ms", "rate": "1M"}, 0.05, 1 << 20),
+    ({"latency": "1s", "rate": "500K"}, 1.0, 500 << 10),
+    ({"latency": 0.25, "rate": 1000}, 0.25, 1000),
+    ({}, 0.0, None),
+])
+def test_config_takes_latency_and_rate_as_the_cli_does(given, latency, rate):
+    config = MockConfig(**given)
+    assert (config.latency, config.rate) == (latency, rate)
+
+
+def test_a_latency_given_as_a_string_holds_responses_back():
+    with MockServer(config=MockConfig(latency="200ms")) as server:
+        started = time.monotonic()
+        requests.get(server.url + "/gen/a.bin?size=1")
+        assert time.monotonic() - started >= 0.2
+
+
+@pytest.mark.parametrize("field, value", [("latency", "soon"), ("latency", "5 parsecs"), ("latency", None),
+                                          ("rate", "fast"), ("rate", True), ("rate", -5)])
+def test_config_refuses_a_string_it_cannot_read_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"^MockConfig {field}: "):
+        MockConfig(**{field: value})
+
+
+def test_config_names_the_fault_kind_it_does_not_know():
+    with pytest.raises(ValueError, match=r"'boom' is not a fault kind \(expected some of 503, 429, "):
+        MockConfig(faults=("503", "boom"))
+
+
+def test_serve_names_the_fault_kind_it_does_not_know():
+    done = run_cli("serve", "--port", "0", "--faults", "503,boom")
+    assert done.returncode == 2
+    assert done.stderr == (f"downloader: --faults: 'boom' is not a fault kind (expected some of "
+                           f"{', '.join(FAULT_KINDS)})\n")
