@@ -10,6 +10,7 @@ import hashlib
 import random
 import re
 import signal
+import logging
 import socket
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import run_cli
-from downloader.mockserver import BLOCK_LENGTH, FAULT_KINDS, MockConfig, MockServer, gen_bytes, plan_body
+from downloader.mockserver import BLOCK_LENGTH, FAULT_KINDS, RAW_CASES, MockConfig, MockServer, gen_bytes, plan_body
 
 SIZE = 300_000
 SEED = 11
@@ -582,6 +583,103 @@ def test_serve_runs_until_interrupted_then_returns_quietly(signum):
 def test_a_name_too_long_for_the_file_system_is_a_404(tmp_path):
     with MockServer(tmp_path) as server:
         assert requests.get(f"{server.url}/{'a' * 300}.txt").status_code == 404
+
+
+# --- raw protocol cases --------------------------------------------------------------------------
+
+B = gen_bytes(10, 5)
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+CLOSE = b"Connection: close\r\n\r\n"
+
+
+def raw_get(server: MockServer, target: str) -> tuple[bytes, str]:
+    """Every byte the server sends for a GET of `target`, and how the connection ended."""
+    with send_get(server, target) as sock:
+        return read_to_end(sock)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("overlong", OK_HEAD + b"Content-Length: 10\r\n" + CLOSE + gen_bytes(13, 5)),
+    ("bad-trailer", OK_HEAD + b"Transfer-Encoding: chunked\r\n" + CLOSE
+     + b"a\r\n" + B + b"\r\n0\r\nthis is not a header\r\n\r\n"),
+    ("bad-chunk-size", OK_HEAD + b"Transfer-Encoding: chunked\r\n" + CLOSE
+     + b"4\r\n" + B[:4] + b"\r\nzz\r\n" + B[4:] + b"\r\n0\r\n\r\n"),
+    ("header-folding", OK_HEAD + b"X-Folded: first part\r\n second part\r\nContent-Length: 10\r\n" + CLOSE + B),
+    ("dup-content-length", OK_HEAD + b"Content-Length: 10\r\nContent-Length: 10\r\n" + CLOSE + B),
+    ("dup-content-length-differ", OK_HEAD + b"Content-Length: 10\r\nContent-Length: 13\r\n" + CLOSE + B),
+    ("bare-lf", b"HTTP/1.1 200 OK\nContent-Type: application/octet-stream\nContent-Length: 10\n"
+     b"Connection: close\n\n" + B),
+])
+def test_a_raw_case_sends_exactly_its_bytes_then_closes(mock, case, expected):
+    assert raw_get(mock, f"/raw/{case}?size=10&seed=5&extra=3&at=4") == (expected, "eof")
+
+
+def test_location_utf8_sends_the_raw_utf8_of_to_and_its_target_answers_percent_encoded(mock, http):
+    target = "/raw/location-utf8?to=/gen/caf%C3%A9.bin%3Fsize%3D10"
+    expected = (b"HTTP/1.1 302 Found\r\nLocation: /gen/caf\xc3\xa9.bin?size=10\r\nContent-Length: 0\r\n"
+                + CLOSE)
+    assert raw_get(mock, target) == (expected, "eof")
+    followed = http.get(mock.url + target)
+    assert followed.url == mock.url + "/gen/caf%C3%A9.bin?size=10"
+    assert followed.content == gen_bytes(10)
+    assert mock.stats()["/gen/caf%C3%A9.bin?size=10"]["gets"] == 1
+
+
+def test_redirect_sends_a_non_ascii_to_as_raw_utf8_too(mock):
+    wire = raw_get(mock, "/redirect?to=/gen/caf%C3%A9.bin%3Fsize%3D10")[0]
+    assert b"\r\nLocation: /gen/caf\xc3\xa9.bin?size=10\r\n" in wire
+
+
+def test_raw_defaults_are_100_extra_bytes_and_a_cut_halfway(mock):
+    overlong = raw_get(mock, "/raw/overlong?size=10")[0]
+    assert overlong.endswith(b"Content-Length: 10\r\n" + CLOSE + gen_bytes(110))
+    differ = raw_get(mock, "/raw/dup-content-length-differ?size=10")[0]
+    assert b"Content-Length: 10\r\nContent-Length: 110\r\n" in differ
+    bad_chunk = raw_get(mock, "/raw/bad-chunk-size?size=10")[0]
+    assert bad_chunk.endswith(CLOSE + b"5\r\n" + gen_bytes(10)[:5] + b"\r\nzz\r\n" + gen_bytes(10)[5:]
+                              + b"\r\n0\r\n\r\n")
+
+
+def test_raw_chunks_hold_at_most_64_kib(mock):
+    size = 70_000
+    body = gen_bytes(size)
+    received, ending = raw_get(mock, f"/raw/bad-trailer?size={size}")
+    assert received.partition(CLOSE)[2] == (b"10000\r\n" + body[:65536] + b"\r\n" + b"1170\r\n" + body[65536:]
+                                            + b"\r\n0\r\nthis is not a header\r\n\r\n")
+    assert ending == "eof"
+
+
+def test_raw_answers_are_counted_and_log_no_error(mock, caplog):
+    caplog.set_level(logging.DEBUG)
+    for case in RAW_CASES:
+        raw_get(mock, f"/raw/{case}?size=10&to=/x")
+    with send_get(mock, "/raw/overlong?size=50000000") as sock:
+        read_until(sock, b"\r\n\r\n")  # and hang up in the middle of the body
+    assert requests.get(mock.url + "/gen/after.bin?size=10").content == gen_bytes(10)
+    stats = mock.stats()
+    assert stats["/raw/overlong?size=10&to=/x"] == {"requests": 1, "gets": 1, "heads": 0, "bytes_sent": 110}
+    assert stats["/raw/bad-trailer?size=10&to=/x"]["bytes_sent"] == 10
+    assert stats["/raw/location-utf8?size=10&to=/x"]["requests"] == 1
+    assert [record for record in caplog.records if record.name.startswith(("aiohttp", "asyncio"))] == []
+
+
+@pytest.mark.parametrize("target, status", [
+    ("/raw/overlong", 400), ("/raw/overlong?size=ten", 400), ("/raw/overlong?size=1&extra=0", 400),
+    ("/raw/bad-chunk-size?size=1&at=x", 400), ("/raw/location-utf8", 400),
+    ("/raw/location-utf8?to=/a%0D%0AX-Injected:%201", 400), ("/raw/no-such-case?size=1", 404),
+])
+def test_a_bad_raw_request_gets_an_ordinary_error(mock, http, target, status):
+    response = http.get(mock.url + target, allow_redirects=False)
+    assert response.status_code == status
+    assert "X-Injected" not in response.headers
+
+
+def test_raw_cases_answer_get_only_and_leave_other_files_under_raw_alone(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "other.txt").write_text("a file\n")
+    with MockServer(tmp_path) as server, requests.Session() as http:
+        assert http.head(server.url + "/raw/overlong?size=1").status_code == 405
+        assert http.get(server.url + "/raw/other.txt").text == "a file\n"
 
 
 # --- MockConfig strings and the serve command ----------------------------------------------------
