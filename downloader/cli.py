@@ -139,7 +139,8 @@ def _print_summary(results, limit: int = 20) -> None:
 def serve(
     root: Optional[Path] = typer.Argument(None, help="Folder to serve (virtual files under /gen/ "
                                           "work without one)."),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (loopback by default; ::1 "
+                             "for IPv6)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port; 0 picks a free one."),
     latency: str = typer.Option("0", "--latency", help="Delay before each response (50ms, 1s)."),
     rate: Optional[str] = typer.Option(None, "--rate", help="Bandwidth cap per connection (1M, 500K)."),
@@ -148,7 +149,10 @@ def serve(
                                "429, reset, truncate, lie, stall, ignore-range, etag-change."),
     retry_after: str = typer.Option("0", "--retry-after", help="Retry-After for 503/429: N or date:N."),
     seed: int = typer.Option(0, "--seed", help="Seed: the same seed gives the same faults per URL."),
+    tls: bool = typer.Option(False, "--tls", help="Serve HTTPS with a certificate from a throwaway CA, "
+                             "whose file is printed (needs: pip install 'downloader[tls]')."),
 ) -> None:
+    import tempfile
     from .config import parse_duration, parse_rate
     from . import mockserver
 
@@ -162,13 +166,26 @@ def serve(
     except (UsageError, ValueError) as exc:
         raise _fail(str(exc), 2)
 
-    def ready(url: str) -> None:
-        print(f"serving {root or '(virtual files only)'} at {url}/  (Ctrl-C to stop)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="downloader-serve-tls-") as folder:
+        ssl_context = None
+        if tls:
+            try:
+                files = mockserver.TlsFiles.create(Path(folder))
+            except ImportError as exc:
+                raise _fail(f"--tls: {exc}", 2)
+            ssl_context = files.server_context()
 
-    try:
-        mockserver.serve(root, host, port, config, ready)
-    except OSError as exc:
-        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2)
+        def ready(url: str) -> None:
+            print(f"serving {root or '(virtual files only)'} at {url}/  (Ctrl-C to stop)", flush=True)
+            if tls:
+                print(f"CA certificate: {files.ca_file} (trust it with curl --cacert, or requests' verify=)",
+                      flush=True)
+
+        try:
+            mockserver.serve(root, host, port, config, ready, ssl_context)
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise _fail(f"cannot listen on {where}: {exc.strerror or exc}", 2)
 
 
 @app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound).")

@@ -104,6 +104,16 @@ A ``to=`` with control characters, a missing or bad ``size=``, ``extra=`` or ``a
 Raw answers are counted in ``stats()`` like any other (bytes_sent: the gen_bytes written); of the query
 modifiers only ``latency=`` acts on them.
 
+HTTPS and IPv6
+--------------
+``MockServer(tls=True)`` serves HTTPS (HTTP/1.1, also offered by ALPN) with a certificate for 127.0.0.1,
+::1 and localhost, issued by a throwaway CA made for that server; ``server.ca_file`` is the CA's PEM, to
+trust with ``requests.get(url, verify=server.ca_file)`` or ``curl --cacert``. It needs trustme,
+imported only then: ``pip install 'downloader[tls]'``. With ``client_cert_required=True`` a client
+without a certificate from that CA fails the handshake; ``server.client_cert_file`` and
+``server.client_key_file`` are one. ``MockServer(host="::1")`` listens on the IPv6 loopback, at
+``http://[::1]:PORT``.
+
 Determinism
 -----------
 Every request to a path+query (exactly as sent) is numbered; ``stats()`` shows the counts. A forced
@@ -122,7 +132,9 @@ import random
 import re
 import signal
 import socket
+import ssl
 import struct
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -142,8 +154,8 @@ from aiohttp.http import StreamWriter
 from .config import parse_duration, parse_rate
 from .errors import UsageError
 
-__all__ = ["FAULT_KINDS", "BLOCK_LENGTH", "RAW_CASES", "MockConfig", "MockServer", "check_faults", "gen_bytes",
-           "make_app", "serve"]
+__all__ = ["FAULT_KINDS", "BLOCK_LENGTH", "RAW_CASES", "MockConfig", "MockServer", "TlsFiles", "check_faults",
+           "gen_bytes", "make_app", "serve"]
 
 FAULT_KINDS = ("503", "429", "reset", "truncate", "lie", "stall", "ignore-range", "etag-change")
 """Every fault the server can be asked for, by `fault=` or through `MockConfig.faults`."""
@@ -1057,24 +1069,101 @@ async def raw(request: web.Request) -> web.StreamResponse:
     return response
 
 
+# --- HTTPS ---------------------------------------------------------------------------------------
+
+TLS_HINT = "pip install 'downloader[tls]'"
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a throwaway CA and of two certificates it issued: the server's, valid for 127.0.0.1,
+    ::1 and localhost, and a client's, for servers that require one.
+
+    >>> files = TlsFiles.create(Path(tempfile.mkdtemp()))  # doctest: +SKIP
+    >>> requests.get(url, verify=files.ca_file)  # doctest: +SKIP
+
+    Made with trustme (the `tls` extra), imported only here, so plain HTTP never needs it.
+    """
+
+    ca_file: Path
+    server_cert_file: Path
+    """The server's certificate followed by its chain."""
+    server_key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+    @classmethod
+    def create(cls, folder: Path) -> TlsFiles:
+        """A new CA and its two certificates, written into `folder` (which must exist).
+
+        Raises ModuleNotFoundError, with the command that fixes it, when trustme is not installed.
+        """
+        try:
+            import trustme
+        except ImportError:
+            raise ModuleNotFoundError(f"HTTPS needs trustme: {TLS_HINT}", name="trustme") from None
+        ca = trustme.CA(organization_name="downloader mock server")
+        server = ca.issue_cert("127.0.0.1", "::1", "localhost")
+        client = ca.issue_cert("client.localhost", common_name="downloader mock client")
+        files = cls(folder / "ca.pem", folder / "server.pem", folder / "server.key", folder / "client.pem",
+                    folder / "client.key")
+        files.ca_file.write_bytes(ca.cert_pem.bytes())
+        files.server_cert_file.write_bytes(b"".join(blob.bytes() for blob in server.cert_chain_pems))
+        files.server_key_file.write_bytes(server.private_key_pem.bytes())
+        files.client_cert_file.write_bytes(b"".join(blob.bytes() for blob in client.cert_chain_pems))
+        files.client_key_file.write_bytes(client.private_key_pem.bytes())
+        return files
+
+    def server_context(self, client_cert_required: bool = False) -> ssl.SSLContext:
+        """A server-side context with the server's certificate, speaking HTTP/1.1 (ALPN says so too).
+
+        With `client_cert_required`, a client must present a certificate from this CA or the handshake
+        fails. That context stops at TLS 1.2: in TLS 1.3 the client finishes its handshake before the
+        server has checked its certificate, and asyncio then drops the connection without sending the
+        alert, so a client would see only a server that hangs up after the request."""
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.server_cert_file, self.server_key_file)
+        context.set_alpn_protocols(["http/1.1"])
+        if client_cert_required:
+            context.load_verify_locations(cafile=self.ca_file)
+            context.verify_mode = ssl.CERT_REQUIRED
+            context.maximum_version = ssl.TLSVersion.TLSv1_2
+        return context
+
+
 # --- running it ----------------------------------------------------------------------------------
 
 
 async def _serve_until(app: web.Application, host: str, port: int, stop: asyncio.Event,
-                       on_ready: Callable[[str], None]) -> None:
+                       on_ready: Callable[[str], None], ssl_context: ssl.SSLContext | None = None) -> None:
     """Listen on host:port, report the URL to `on_ready`, serve until `stop` is set, shut down."""
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
-        on_ready(_url(*runner.addresses[0][:2]))
+        await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
+        on_ready(_url("https" if ssl_context else "http", *runner.addresses[0][:2]))
         await stop.wait()
     finally:
+        if ssl_context is not None:
+            await _abort_tls_connections(runner)
         await runner.cleanup()
 
 
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+async def _abort_tls_connections(runner: web.AppRunner) -> None:
+    """Stop listening, then drop every TLS connection at once.
+
+    aiohttp's cleanup closes connections gracefully, and a TLS close waits (up to 30 s) for the client's
+    close_notify: an idle keep-alive client never sends it, the loop ends first, and the socket would be
+    left open."""
+    for site in list(runner.sites):
+        await site.stop()
+    for handler in runner.server.connections if runner.server is not None else []:
+        if handler.transport is not None:
+            handler.transport.abort()
+
+
+def _url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 class MockServer:
@@ -1086,20 +1175,55 @@ class MockServer:
             assert requests.get(f"{server.url}/gen/a.bin?size=100").content == gen_bytes(100)
 
     `port=0` picks a free port; `url` and `port` are valid once started. A server runs once: start()
-    after stop() is an error, make a new one.
+    after stop() is an error, make a new one. `host="::1"` listens on the IPv6 loopback.
+
+    `tls=True` serves HTTPS with a certificate from a CA made for this server alone (needs trustme:
+    ``pip install 'downloader[tls]'``)::
+
+        with MockServer(tls=True) as server:
+            requests.get(f"{server.url}/gen/a.bin?size=100", verify=server.ca_file)
+
+    With `client_cert_required=True` too, only a client that presents a certificate from that CA gets
+    through the handshake: ``cert=(server.client_cert_file, server.client_key_file)`` in requests.
+    The PEM files live in a temporary folder, from construction until stop().
     """
 
     def __init__(self, root: Path | None = None, config: MockConfig = MockConfig(),
-                 host: str = "127.0.0.1", port: int = 0) -> None:
+                 host: str = "127.0.0.1", port: int = 0, tls: bool = False,
+                 client_cert_required: bool = False) -> None:
+        if client_cert_required and not tls:
+            raise ValueError("MockServer: client_cert_required=True needs tls=True")
         self._app = make_app(root, config)
         self._host = host
         self._requested_port = port
         self.url = ""
-        """The base URL once started: "http://127.0.0.1:PORT", no trailing slash."""
+        """The base URL once started: "http://127.0.0.1:PORT" (https:// with tls), no trailing slash."""
         self.port = 0
+        self.ca_file: Path | None = None
+        """With tls: the PEM of the CA that issued the server's certificate, for clients to trust."""
+        self.client_cert_file: Path | None = None
+        """With tls: a client certificate (PEM) from the same CA, for `client_cert_required`."""
+        self.client_key_file: Path | None = None
+        """With tls: the private key (PEM) of `client_cert_file`."""
+        self._tls_folder: tempfile.TemporaryDirectory[str] | None = None
+        self._ssl_context: ssl.SSLContext | None = None
+        if tls:
+            self._start_tls(client_cert_required)
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = asyncio.Event()
+
+    def _start_tls(self, client_cert_required: bool) -> None:
+        folder = tempfile.TemporaryDirectory(prefix="mockserver-tls-")
+        try:
+            files = TlsFiles.create(Path(folder.name))
+            self._ssl_context = files.server_context(client_cert_required)
+        except BaseException:
+            folder.cleanup()
+            raise
+        self._tls_folder = folder
+        self.ca_file, self.client_cert_file, self.client_key_file = (
+            files.ca_file, files.client_cert_file, files.client_key_file)
 
     def start(self) -> MockServer:
         """Start serving; returns once the port listens, raising what went wrong (e.g. port in use)."""
@@ -1122,7 +1246,8 @@ class MockServer:
 
     async def _main(self, ready: Future[str]) -> None:
         self._loop = asyncio.get_running_loop()
-        await _serve_until(self._app, self._host, self._requested_port, self._stop, ready.set_result)
+        await _serve_until(self._app, self._host, self._requested_port, self._stop, ready.set_result,
+                           self._ssl_context)
 
     def stop(self) -> None:
         """Stop serving and wait for the thread; responses in flight, stalled ones included, are cut
@@ -1134,6 +1259,8 @@ class MockServer:
             assert self._loop is not None
             self._loop.call_soon_threadsafe(self._stop.set)
         thread.join()
+        if self._tls_folder is not None:
+            self._tls_folder.cleanup()
 
     def __enter__(self) -> MockServer:
         return self.start()
@@ -1151,19 +1278,21 @@ class MockServer:
 
 
 def serve(root: Path | None, host: str, port: int, config: MockConfig,
-          on_ready: Callable[[str], None]) -> None:
+          on_ready: Callable[[str], None], ssl_context: ssl.SSLContext | None = None) -> None:
     """Run the mock server in the foreground until Ctrl-C or SIGTERM, then shut down and return.
 
     `on_ready(url)` is called once the port listens (`downloader serve` prints it). An interrupt is the
-    normal way out: no traceback, no exception.
+    normal way out: no traceback, no exception. With `ssl_context` (e.g. `TlsFiles.server_context()`)
+    it serves HTTPS.
     """
     try:
-        asyncio.run(_serve_forever(make_app(root, config), host, port, on_ready))
+        asyncio.run(_serve_forever(make_app(root, config), host, port, on_ready, ssl_context))
     except KeyboardInterrupt:
         pass  # where signal handlers cannot be installed, Ctrl-C arrives as this
 
 
-async def _serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[str], None]) -> None:
+async def _serve_forever(app: web.Application, host: str, port: int, on_ready: Callable[[str], None],
+                         ssl_context: ssl.SSLContext | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -1171,4 +1300,4 @@ async def _serve_forever(app: web.Application, host: str, port: int, on_ready: C
             loop.add_signal_handler(signum, stop.set)
         except (NotImplementedError, RuntimeError):
             pass  # not on this platform, or not the main thread
-    await _serve_until(app, host, port, stop, on_ready)
+    await _serve_until(app, host, port, stop, on_ready, ssl_context)

@@ -8,18 +8,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import shutil
 import re
 import signal
 import logging
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -79,9 +83,23 @@ class Wire:
     """"eof" (a clean close), "reset" (RST) or "timeout"."""
 
 
+def connect(server: MockServer, timeout: float = 5.0, **tls_options) -> socket.socket:
+    """A bare socket to `server`, over IPv4 or IPv6 as its URL says, wrapped in TLS (trusting the
+    server's own CA) when it serves HTTPS; `tls_options` go to ssl.SSLContext.load_cert_chain."""
+    parts = urlsplit(server.url)
+    sock = socket.create_connection((parts.hostname, server.port), timeout=timeout)
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=server.ca_file)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        if tls_options:
+            context.load_cert_chain(**tls_options)
+        sock = context.wrap_socket(sock, server_hostname=parts.hostname)
+    return sock
+
+
 def send_get(server: MockServer, target: str, *headers: str, timeout: float = 5.0) -> socket.socket:
     """A bare socket that has sent a GET of `target` (asking the server to close after it)."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    sock = connect(server, timeout)
     request = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers, "", ""]
     sock.sendall("\r\n".join(request).encode())
     return sock
@@ -682,6 +700,117 @@ def test_raw_cases_answer_get_only_and_leave_other_files_under_raw_alone(tmp_pat
         assert http.get(server.url + "/raw/other.txt").text == "a file\n"
 
 
+# --- HTTPS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def https_server(root):
+    with MockServer(root, tls=True) as server:
+        yield server
+
+
+def test_https_is_served_with_a_certificate_from_the_servers_own_ca(https_server):
+    assert re.fullmatch(r"https://127\.0\.0\.1:\d+", https_server.url)
+    with requests.Session() as http:
+        response = http.get(https_server.url + GEN, verify=https_server.ca_file)
+        assert (response.status_code, response.content) == (200, CONTENT)
+        with pytest.raises(requests.exceptions.SSLError):
+            http.get(https_server.url + GEN)  # the system's CAs do not know it
+    localhost = https_server.url.replace("127.0.0.1", "localhost")
+    assert requests.get(localhost + "/sub/note.txt", verify=https_server.ca_file).text == "hello\n"
+
+
+def test_https_speaks_http_1_1_to_the_stdlib_even_when_offered_h2(https_server):
+    with send_get(https_server, GEN + "&fault=truncate&at=1000") as sock:
+        assert sock.selected_alpn_protocol() == "http/1.1"
+        received, ending = read_to_end(sock)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert (body, ending) == (CONTENT[:1000], "eof")
+
+
+def test_https_speaks_http_1_1_to_curl_trusting_the_ca(https_server, tmp_path):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    out = tmp_path / "data.bin"
+    done = subprocess.run([curl, "-sS", "--cacert", str(https_server.ca_file), "-o", str(out), "-w",
+                           "%{http_version} %{http_code}", https_server.url + GEN],
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "1.1 200", "")
+    assert out.read_bytes() == CONTENT
+
+
+def test_a_raw_case_goes_out_byte_for_byte_over_https(https_server):
+    expected = OK_HEAD + b"Content-Length: 10\r\n" + CLOSE + gen_bytes(13, 5)
+    assert raw_get(https_server, "/raw/overlong?size=10&seed=5&extra=3") == (expected, "eof")
+
+
+def test_a_required_client_certificate_lets_in_only_a_client_that_has_one():
+    with MockServer(tls=True, client_cert_required=True) as server, requests.Session() as http:
+        url = server.url + "/gen/a.bin?size=100"
+        with pytest.raises(requests.exceptions.SSLError):
+            http.get(url, verify=server.ca_file)
+        with pytest.raises(ssl.SSLError):
+            connect(server).close()  # the handshake itself fails
+        cert = (server.client_cert_file, server.client_key_file)
+        assert http.get(url, verify=server.ca_file, cert=cert).content == gen_bytes(100)
+        with connect(server, certfile=server.client_cert_file, keyfile=server.client_key_file) as sock:
+            assert sock.version() is not None
+
+
+def test_the_tls_files_live_as_long_as_the_server():
+    server = MockServer(tls=True)
+    with server:
+        files = [server.ca_file, server.client_cert_file, server.client_key_file]
+        assert all(path.read_bytes().startswith(b"-----BEGIN ") for path in files)
+    assert not any(path.exists() for path in files)
+    with pytest.raises(ValueError, match="tls=True"):
+        MockServer(client_cert_required=True)
+
+
+def test_tls_without_trustme_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trustme", None)  # what `import trustme` finds when it is missing
+    with pytest.raises(ImportError, match=r"pip install 'downloader\[tls\]'"):
+        MockServer(tls=True)
+
+
+# --- IPv6 ----------------------------------------------------------------------------------------
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+
+
+@needs_ipv6
+def test_ipv6_is_served_on_the_loopback_with_a_bracketed_url():
+    with MockServer(host="::1") as server, requests.Session() as http:
+        assert server.url == f"http://[::1]:{server.port}"
+        assert http.get(server.url + "/gen/a.bin?size=100").content == gen_bytes(100)
+        target = f"{server.url}/gen/b.bin?size=7"
+        hop = http.get(server.url + "/redirect", params={"to": target}, allow_redirects=False)
+        assert hop.headers["Location"] == target
+        followed = http.get(server.url + "/redirect/2", params={"to": target})
+        assert (len(followed.history), followed.url, followed.content) == (2, target, gen_bytes(7))
+
+
+@needs_ipv6
+def test_https_on_ipv6_is_trusted_for_the_bracketed_address():
+    with MockServer(host="::1", tls=True) as server:
+        assert server.url.startswith("https://[::1]:")
+        assert requests.get(server.url + "/gen/a.bin?size=5", verify=server.ca_file).content == gen_bytes(5)
+
+
 # --- MockConfig strings and the serve command ----------------------------------------------------
 
 
@@ -720,3 +849,58 @@ def test_serve_names_the_fault_kind_it_does_not_know():
     assert done.returncode == 2
     assert done.stderr == (f"downloader: --faults: 'boom' is not a fault kind (expected some of "
                            f"{', '.join(FAULT_KINDS)})\n")
+
+
+@contextmanager
+def serve_command(*args: str):
+    """`downloader serve --port 0 ARGS` as a subprocess: yields it and the first line it printed, then
+    ends it with SIGTERM."""
+    command = [sys.executable, "-m", "downloader", "serve", "--port", "0", *args]
+    with subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        try:
+            yield process, process.stdout.readline()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=10)
+            finally:
+                process.kill()  # a no-op once it has exited
+
+
+URL_IN_LINE = re.compile(r"(https?://\S+?)/\s")
+
+
+def test_serve_tls_prints_the_url_and_where_the_ca_file_is():
+    with serve_command("--tls") as (process, line):
+        assert re.fullmatch(r"serving \(virtual files only\) at https://127\.0\.0\.1:\d+/  \(Ctrl-C to stop\)\n",
+                            line)
+        url = URL_IN_LINE.search(line).group(1)
+        match = re.fullmatch(r"CA certificate: (\S+) \(trust it with .*\)\n", process.stdout.readline())
+        ca_file = Path(match.group(1))
+        assert requests.get(url + "/gen/a.bin?size=9", verify=ca_file).content == gen_bytes(9)
+    assert process.returncode == 0
+    assert not ca_file.exists()
+
+
+@needs_ipv6
+def test_serve_on_ipv6_prints_a_bracketed_url():
+    with serve_command("--host", "::1") as (process, line):
+        url = URL_IN_LINE.search(line).group(1)
+        assert re.fullmatch(r"http://\[::1\]:\d+", url)
+        assert requests.get(url + "/gen/a.bin?size=9").content == gen_bytes(9)
+
+
+TLS_WITHOUT_TRUSTME = """
+import sys
+sys.modules["trustme"] = None
+sys.argv = ["downloader", "serve", "--port", "0", "--tls"]
+from downloader.cli import main
+main()
+"""
+
+
+def test_serve_tls_without_trustme_is_one_line_naming_the_extra():
+    done = subprocess.run([sys.executable, "-c", TLS_WITHOUT_TRUSTME], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "downloader: --tls: HTTPS needs trustme: pip install 'downloader[tls]'\n"
