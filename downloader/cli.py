@@ -226,7 +226,7 @@ def serve(
     root: Optional[Path] = typer.Argument(None, metavar="[DIR]", help="Folder to serve (virtual files under "
                                           "/gen/ work without one)."),
     host: str = typer.Option("127.0.0.1", "--host", metavar="ADDRESS", help="Address to listen on (loopback by "
-                             "default)."),
+                             "default; ::1 for IPv6)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, metavar="PORT", help="Port; 0 picks a free one."),
     latency: str = typer.Option("0", "--latency", metavar="DURATION", help="Delay before each response "
                                 "(50ms, 1s)."),
@@ -239,28 +239,44 @@ def serve(
     retry_after: str = typer.Option("0", "--retry-after", metavar="N|date:N", help="Retry-After for 503/429: N "
                                     "or date:N."),
     seed: int = typer.Option(0, "--seed", metavar="N", help="Seed: the same seed gives the same faults per URL."),
+    tls: bool = typer.Option(False, "--tls", help="Serve HTTPS with a certificate from a throwaway CA, "
+                             "whose file is printed (needs: pip install 'downloader[tls]')."),
 ) -> None:
     _take_over_signals()
+    import tempfile
     from .config import parse_duration, parse_rate
     from . import mockserver
 
     if root is not None and not root.is_dir():
         raise _fail(f"{root} is not a folder", 2)
     try:
+        kinds = mockserver.check_faults((f.strip() for f in faults.split(",") if f.strip()), "--faults")
         config = mockserver.MockConfig(latency=parse_duration(latency, "--latency"),
-                                       rate=parse_rate(rate, "--rate"), fail_rate=fail_rate,
-                                       faults=tuple(f.strip() for f in faults.split(",") if f.strip()),
+                                       rate=parse_rate(rate, "--rate"), fail_rate=fail_rate, faults=kinds,
                                        retry_after=retry_after, seed=seed)
     except (UsageError, ValueError) as exc:
         raise _fail(str(exc), 2)
 
-    def ready(url: str) -> None:
-        print(f"serving {root or '(virtual files only)'} at {url}/  (Ctrl-C to stop)", flush=True)
+    with tempfile.TemporaryDirectory(prefix="downloader-serve-tls-") as folder:
+        ssl_context = None
+        if tls:
+            try:
+                files = mockserver.TlsFiles.create(Path(folder))
+            except ImportError as exc:
+                raise _fail(f"--tls: {exc}", 2)
+            ssl_context = files.server_context()
 
-    try:
-        mockserver.serve(root, host, port, config, ready)
-    except OSError as exc:
-        raise _fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}", 2)
+        def ready(url: str) -> None:
+            print(f"serving {root or '(virtual files only)'} at {url}/  (Ctrl-C to stop)", flush=True)
+            if tls:
+                print(f"CA certificate: {files.ca_file} (trust it with curl --cacert, or requests' verify=)",
+                      flush=True)
+
+        try:
+            mockserver.serve(root, host, port, config, ready, ssl_context)
+        except OSError as exc:
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise _fail(f"cannot listen on {where}: {exc.strerror or exc}", 2)
 
 
 @app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound).")

@@ -17,7 +17,6 @@ from conftest import MODES, run_cli
 from downloader.mockserver import gen_bytes
 
 
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -1356,6 +1356,7 @@ DEPENDENCY_HOMES = {
     "aiohttp": {"engines/aio.py", "mockserver.py"},
     "tqdm": {"progress.py"},
     "matplotlib": {"benchcmd.py"},
+    "trustme": {"mockserver.py"},
     "typer": {"cli.py"},
     "click": {"cli.py"},
     "dask": {"engines/cluster.py"},

@@ -8,24 +8,30 @@ from __future__ import annotations
 import base64
 import hashlib
 import random
+import shutil
 import re
 import signal
+import logging
 import socket
+import ssl
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from email.utils import formatdate, parsedate_to_datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from downloader.mockserver import BLOCK_LENGTH, MockConfig, MockServer, gen_bytes, plan_body
+from conftest import run_cli
+from downloader.mockserver import BLOCK_LENGTH, FAULT_KINDS, RAW_CASES, MockConfig, MockServer, gen_bytes, plan_body
 
 SIZE = 300_000
 SEED = 11
@@ -77,9 +83,23 @@ class Wire:
     """"eof" (a clean close), "reset" (RST) or "timeout"."""
 
 
+def connect(server: MockServer, timeout: float = 5.0, **tls_options) -> socket.socket:
+    """A bare socket to `server`, over IPv4 or IPv6 as its URL says, wrapped in TLS (trusting the
+    server's own CA) when it serves HTTPS; `tls_options` go to ssl.SSLContext.load_cert_chain."""
+    parts = urlsplit(server.url)
+    sock = socket.create_connection((parts.hostname, server.port), timeout=timeout)
+    if parts.scheme == "https":
+        context = ssl.create_default_context(cafile=server.ca_file)
+        context.set_alpn_protocols(["h2", "http/1.1"])
+        if tls_options:
+            context.load_cert_chain(**tls_options)
+        sock = context.wrap_socket(sock, server_hostname=parts.hostname)
+    return sock
+
+
 def send_get(server: MockServer, target: str, *headers: str, timeout: float = 5.0) -> socket.socket:
     """A bare socket that has sent a GET of `target` (asking the server to close after it)."""
-    sock = socket.create_connection(("127.0.0.1", server.port), timeout=timeout)
+    sock = connect(server, timeout)
     request = [f"GET {target} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *headers, "", ""]
     sock.sendall("\r\n".join(request).encode())
     return sock
@@ -581,3 +601,306 @@ def test_serve_runs_until_interrupted_then_returns_quietly(signum):
 def test_a_name_too_long_for_the_file_system_is_a_404(tmp_path):
     with MockServer(tmp_path) as server:
         assert requests.get(f"{server.url}/{'a' * 300}.txt").status_code == 404
+
+
+# --- raw protocol cases --------------------------------------------------------------------------
+
+B = gen_bytes(10, 5)
+OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n"
+CLOSE = b"Connection: close\r\n\r\n"
+
+
+def raw_get(server: MockServer, target: str) -> tuple[bytes, str]:
+    """Every byte the server sends for a GET of `target`, and how the connection ended."""
+    with send_get(server, target) as sock:
+        return read_to_end(sock)
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("overlong", OK_HEAD + b"Content-Length: 10\r\n" + CLOSE + gen_bytes(13, 5)),
+    ("bad-trailer", OK_HEAD + b"Transfer-Encoding: chunked\r\n" + CLOSE
+     + b"a\r\n" + B + b"\r\n0\r\nthis is not a header\r\n\r\n"),
+    ("bad-chunk-size", OK_HEAD + b"Transfer-Encoding: chunked\r\n" + CLOSE
+     + b"4\r\n" + B[:4] + b"\r\nzz\r\n" + B[4:] + b"\r\n0\r\n\r\n"),
+    ("header-folding", OK_HEAD + b"X-Folded: first part\r\n second part\r\nContent-Length: 10\r\n" + CLOSE + B),
+    ("dup-content-length", OK_HEAD + b"Content-Length: 10\r\nContent-Length: 10\r\n" + CLOSE + B),
+    ("dup-content-length-differ", OK_HEAD + b"Content-Length: 10\r\nContent-Length: 13\r\n" + CLOSE + B),
+    ("bare-lf", b"HTTP/1.1 200 OK\nContent-Type: application/octet-stream\nContent-Length: 10\n"
+     b"Connection: close\n\n" + B),
+])
+def test_a_raw_case_sends_exactly_its_bytes_then_closes(mock, case, expected):
+    assert raw_get(mock, f"/raw/{case}?size=10&seed=5&extra=3&at=4") == (expected, "eof")
+
+
+def test_location_utf8_sends_the_raw_utf8_of_to_and_its_target_answers_percent_encoded(mock, http):
+    target = "/raw/location-utf8?to=/gen/caf%C3%A9.bin%3Fsize%3D10"
+    expected = (b"HTTP/1.1 302 Found\r\nLocation: /gen/caf\xc3\xa9.bin?size=10\r\nContent-Length: 0\r\n"
+                + CLOSE)
+    assert raw_get(mock, target) == (expected, "eof")
+    followed = http.get(mock.url + target)
+    assert followed.url == mock.url + "/gen/caf%C3%A9.bin?size=10"
+    assert followed.content == gen_bytes(10)
+    assert mock.stats()["/gen/caf%C3%A9.bin?size=10"]["gets"] == 1
+
+
+def test_redirect_sends_a_non_ascii_to_as_raw_utf8_too(mock):
+    wire = raw_get(mock, "/redirect?to=/gen/caf%C3%A9.bin%3Fsize%3D10")[0]
+    assert b"\r\nLocation: /gen/caf\xc3\xa9.bin?size=10\r\n" in wire
+
+
+def test_raw_defaults_are_100_extra_bytes_and_a_cut_halfway(mock):
+    overlong = raw_get(mock, "/raw/overlong?size=10")[0]
+    assert overlong.endswith(b"Content-Length: 10\r\n" + CLOSE + gen_bytes(110))
+    differ = raw_get(mock, "/raw/dup-content-length-differ?size=10")[0]
+    assert b"Content-Length: 10\r\nContent-Length: 110\r\n" in differ
+    bad_chunk = raw_get(mock, "/raw/bad-chunk-size?size=10")[0]
+    assert bad_chunk.endswith(CLOSE + b"5\r\n" + gen_bytes(10)[:5] + b"\r\nzz\r\n" + gen_bytes(10)[5:]
+                              + b"\r\n0\r\n\r\n")
+
+
+def test_raw_chunks_hold_at_most_64_kib(mock):
+    size = 70_000
+    body = gen_bytes(size)
+    received, ending = raw_get(mock, f"/raw/bad-trailer?size={size}")
+    assert received.partition(CLOSE)[2] == (b"10000\r\n" + body[:65536] + b"\r\n" + b"1170\r\n" + body[65536:]
+                                            + b"\r\n0\r\nthis is not a header\r\n\r\n")
+    assert ending == "eof"
+
+
+def test_raw_answers_are_counted_and_log_no_error(mock, caplog):
+    caplog.set_level(logging.DEBUG)
+    for case in RAW_CASES:
+        raw_get(mock, f"/raw/{case}?size=10&to=/x")
+    with send_get(mock, "/raw/overlong?size=50000000") as sock:
+        read_until(sock, b"\r\n\r\n")  # and hang up in the middle of the body
+    assert requests.get(mock.url + "/gen/after.bin?size=10").content == gen_bytes(10)
+    stats = mock.stats()
+    assert stats["/raw/overlong?size=10&to=/x"] == {"requests": 1, "gets": 1, "heads": 0, "bytes_sent": 110}
+    assert stats["/raw/bad-trailer?size=10&to=/x"]["bytes_sent"] == 10
+    assert stats["/raw/location-utf8?size=10&to=/x"]["requests"] == 1
+    assert [record for record in caplog.records if record.name.startswith(("aiohttp", "asyncio"))] == []
+
+
+@pytest.mark.parametrize("target, status", [
+    ("/raw/overlong", 400), ("/raw/overlong?size=ten", 400), ("/raw/overlong?size=1&extra=0", 400),
+    ("/raw/bad-chunk-size?size=1&at=x", 400), ("/raw/location-utf8", 400),
+    ("/raw/location-utf8?to=/a%0D%0AX-Injected:%201", 400), ("/raw/no-such-case?size=1", 404),
+])
+def test_a_bad_raw_request_gets_an_ordinary_error(mock, http, target, status):
+    response = http.get(mock.url + target, allow_redirects=False)
+    assert response.status_code == status
+    assert "X-Injected" not in response.headers
+
+
+def test_raw_cases_answer_get_only_and_leave_other_files_under_raw_alone(tmp_path):
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "other.txt").write_text("a file\n")
+    with MockServer(tmp_path) as server, requests.Session() as http:
+        assert http.head(server.url + "/raw/overlong?size=1").status_code == 405
+        assert http.get(server.url + "/raw/other.txt").text == "a file\n"
+
+
+# --- HTTPS ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def https_server(root):
+    with MockServer(root, tls=True) as server:
+        yield server
+
+
+def test_https_is_served_with_a_certificate_from_the_servers_own_ca(https_server):
+    assert re.fullmatch(r"https://127\.0\.0\.1:\d+", https_server.url)
+    with requests.Session() as http:
+        response = http.get(https_server.url + GEN, verify=https_server.ca_file)
+        assert (response.status_code, response.content) == (200, CONTENT)
+        with pytest.raises(requests.exceptions.SSLError):
+            http.get(https_server.url + GEN)  # the system's CAs do not know it
+    localhost = https_server.url.replace("127.0.0.1", "localhost")
+    assert requests.get(localhost + "/sub/note.txt", verify=https_server.ca_file).text == "hello\n"
+
+
+def test_https_speaks_http_1_1_to_the_stdlib_even_when_offered_h2(https_server):
+    with send_get(https_server, GEN + "&fault=truncate&at=1000") as sock:
+        assert sock.selected_alpn_protocol() == "http/1.1"
+        received, ending = read_to_end(sock)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert (body, ending) == (CONTENT[:1000], "eof")
+
+
+def test_https_speaks_http_1_1_to_curl_trusting_the_ca(https_server, tmp_path):
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.skip("curl is not installed")
+    out = tmp_path / "data.bin"
+    done = subprocess.run([curl, "-sS", "--cacert", str(https_server.ca_file), "-o", str(out), "-w",
+                           "%{http_version} %{http_code}", https_server.url + GEN],
+                          capture_output=True, text=True, timeout=30)
+    assert (done.returncode, done.stdout, done.stderr) == (0, "1.1 200", "")
+    assert out.read_bytes() == CONTENT
+
+
+def test_a_raw_case_goes_out_byte_for_byte_over_https(https_server):
+    expected = OK_HEAD + b"Content-Length: 10\r\n" + CLOSE + gen_bytes(13, 5)
+    assert raw_get(https_server, "/raw/overlong?size=10&seed=5&extra=3") == (expected, "eof")
+
+
+def test_a_required_client_certificate_lets_in_only_a_client_that_has_one():
+    with MockServer(tls=True, client_cert_required=True) as server, requests.Session() as http:
+        url = server.url + "/gen/a.bin?size=100"
+        with pytest.raises(requests.exceptions.SSLError):
+            http.get(url, verify=server.ca_file)
+        with pytest.raises(ssl.SSLError):
+            connect(server).close()  # the handshake itself fails
+        cert = (server.client_cert_file, server.client_key_file)
+        assert http.get(url, verify=server.ca_file, cert=cert).content == gen_bytes(100)
+        with connect(server, certfile=server.client_cert_file, keyfile=server.client_key_file) as sock:
+            assert sock.version() is not None
+
+
+def test_the_tls_files_live_as_long_as_the_server():
+    server = MockServer(tls=True)
+    with server:
+        files = [server.ca_file, server.client_cert_file, server.client_key_file]
+        assert all(path.read_bytes().startswith(b"-----BEGIN ") for path in files)
+    assert not any(path.exists() for path in files)
+    with pytest.raises(ValueError, match="tls=True"):
+        MockServer(client_cert_required=True)
+
+
+def test_tls_without_trustme_says_which_extra_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "trustme", None)  # what `import trustme` finds when it is missing
+    with pytest.raises(ImportError, match=r"pip install 'downloader\[tls\]'"):
+        MockServer(tls=True)
+
+
+# --- IPv6 ----------------------------------------------------------------------------------------
+
+
+def _has_ipv6_loopback() -> bool:
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+
+
+@needs_ipv6
+def test_ipv6_is_served_on_the_loopback_with_a_bracketed_url():
+    with MockServer(host="::1") as server, requests.Session() as http:
+        assert server.url == f"http://[::1]:{server.port}"
+        assert http.get(server.url + "/gen/a.bin?size=100").content == gen_bytes(100)
+        target = f"{server.url}/gen/b.bin?size=7"
+        hop = http.get(server.url + "/redirect", params={"to": target}, allow_redirects=False)
+        assert hop.headers["Location"] == target
+        followed = http.get(server.url + "/redirect/2", params={"to": target})
+        assert (len(followed.history), followed.url, followed.content) == (2, target, gen_bytes(7))
+
+
+@needs_ipv6
+def test_https_on_ipv6_is_trusted_for_the_bracketed_address():
+    with MockServer(host="::1", tls=True) as server:
+        assert server.url.startswith("https://[::1]:")
+        assert requests.get(server.url + "/gen/a.bin?size=5", verify=server.ca_file).content == gen_bytes(5)
+
+
+# --- MockConfig strings and the serve command ----------------------------------------------------
+
+
+@pytest.mark.parametrize("given, latency, rate", [
+    ({"latency": "50ms", "rate": "1M"}, 0.05, 1 << 20),
+    ({"latency": "1s", "rate": "500K"}, 1.0, 500 << 10),
+    ({"latency": 0.25, "rate": 1000}, 0.25, 1000),
+    ({}, 0.0, None),
+])
+def test_config_takes_latency_and_rate_as_the_cli_does(given, latency, rate):
+    config = MockConfig(**given)
+    assert (config.latency, config.rate) == (latency, rate)
+
+
+def test_a_latency_given_as_a_string_holds_responses_back():
+    with MockServer(config=MockConfig(latency="200ms")) as server:
+        started = time.monotonic()
+        requests.get(server.url + "/gen/a.bin?size=1")
+        assert time.monotonic() - started >= 0.2
+
+
+@pytest.mark.parametrize("field, value", [("latency", "soon"), ("latency", "5 parsecs"), ("latency", None),
+                                          ("rate", "fast"), ("rate", True), ("rate", -5)])
+def test_config_refuses_a_string_it_cannot_read_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"^MockConfig {field}: "):
+        MockConfig(**{field: value})
+
+
+def test_config_names_the_fault_kind_it_does_not_know():
+    with pytest.raises(ValueError, match=r"'boom' is not a fault kind \(expected some of 503, 429, "):
+        MockConfig(faults=("503", "boom"))
+
+
+def test_serve_names_the_fault_kind_it_does_not_know():
+    done = run_cli("serve", "--port", "0", "--faults", "503,boom")
+    assert done.returncode == 2
+    assert done.stderr == (f"downloader: --faults: 'boom' is not a fault kind (expected some of "
+                           f"{', '.join(FAULT_KINDS)})\n")
+
+
+@contextmanager
+def serve_command(*args: str):
+    """`downloader serve --port 0 ARGS` as a subprocess: yields it and the first line it printed, then
+    ends it with SIGTERM."""
+    command = [sys.executable, "-m", "downloader", "serve", "--port", "0", *args]
+    with subprocess.Popen(command, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as process:
+        try:
+            yield process, process.stdout.readline()
+        finally:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.communicate(timeout=10)
+            finally:
+                process.kill()  # a no-op once it has exited
+
+
+URL_IN_LINE = re.compile(r"(https?://\S+?)/\s")
+
+
+def test_serve_tls_prints_the_url_and_where_the_ca_file_is():
+    with serve_command("--tls") as (process, line):
+        assert re.fullmatch(r"serving \(virtual files only\) at https://127\.0\.0\.1:\d+/  \(Ctrl-C to stop\)\n",
+                            line)
+        url = URL_IN_LINE.search(line).group(1)
+        match = re.fullmatch(r"CA certificate: (\S+) \(trust it with .*\)\n", process.stdout.readline())
+        ca_file = Path(match.group(1))
+        assert requests.get(url + "/gen/a.bin?size=9", verify=ca_file).content == gen_bytes(9)
+    assert process.returncode == 0
+    assert not ca_file.exists()
+
+
+@needs_ipv6
+def test_serve_on_ipv6_prints_a_bracketed_url():
+    with serve_command("--host", "::1") as (process, line):
+        url = URL_IN_LINE.search(line).group(1)
+        assert re.fullmatch(r"http://\[::1\]:\d+", url)
+        assert requests.get(url + "/gen/a.bin?size=9").content == gen_bytes(9)
+
+
+TLS_WITHOUT_TRUSTME = """
+import sys
+sys.modules["trustme"] = None
+sys.argv = ["downloader", "serve", "--port", "0", "--tls"]
+from downloader.cli import main
+main()
+"""
+
+
+def test_serve_tls_without_trustme_is_one_line_naming_the_extra():
+    done = subprocess.run([sys.executable, "-c", TLS_WITHOUT_TRUSTME], capture_output=True, text=True,
+                          timeout=30, stdin=subprocess.DEVNULL)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr == "downloader: --tls: HTTPS needs trustme: pip install 'downloader[tls]'\n"

@@ -18,7 +18,6 @@ from downloader import download
 from downloader.mockserver import gen_bytes
 
 
-
 def _start(args, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     return subprocess.Popen([sys.executable, "-m", "downloader", *args], stdin=subprocess.DEVNULL,

@@ -31,7 +31,7 @@ import pycurl
 from ..core.redirects import REDIRECT_STATUSES, redact
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
-from ..errors import DiskError, IncompleteBody, StallError, TransferError
+from ..errors import IncompleteBody, StallError, TransferError
 from ..transfer import Context, Transfer
 
 HTTP_VERSIONS = {pycurl.CURL_HTTP_VERSION_1_0: "1.0", pycurl.CURL_HTTP_VERSION_1_1: "1.1",
