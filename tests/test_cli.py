@@ -246,7 +246,7 @@ def test_shell_completion_completes_commands_options_and_choices():
 
     assert complete("downloader g") == ["get", "gil"]
     assert complete("downloader get --max") == ["--max-speed"]
-    assert complete("downloader get -m ") == ["async", "thread", "sequential"]
+    assert complete("downloader get -m ") == ["async", "thread", "sequential", "curl"]
     shown = run_cli("--show-completion", "bash")
     assert shown.returncode == 0 and "complete -o default -F _downloader_completion downloader" in shown.stdout
 

@@ -47,11 +47,20 @@ def test_a_stop_at_any_moment_of_start_up_stops_the_batch(mode, url, tmp_path):
     with ThreadPoolExecutor(2) as pool:
         outcomes = list(pool.map(one, range(20)))
     for moment, returncode, err, finished in outcomes:
-        if moment < 0.2 and returncode != 130 and "KeyboardInterrupt" in err and "downloader" not in err:
-            continue  # the signal came while the interpreter itself started, before any line of ours ran
+        if returncode in (1, -signal.SIGINT) and _interpreter_start_up(err):
+            continue  # the signal came while Python itself started, before our first line could catch it
         assert returncode == 130, (moment, err)
         assert "run the same command again" in err, (moment, err)
         assert "Traceback" not in err and "done:" not in err and not finished, (moment, err)
+
+
+def _interpreter_start_up(err: str) -> bool:
+    """Whether a traceback shows a KeyboardInterrupt raised before `downloader/__main__.py` set its
+    handler (in Python's own start-up: site, runpy, importing the package): the first ~20 ms of a
+    run on an idle machine, more on a loaded one. No program can catch a signal there."""
+    ours = [line for line in err.splitlines() if 'File "' in line and "<frozen" not in line]
+    return "KeyboardInterrupt" in err and all("downloader/__main__.py" in line or "downloader/__init__.py" in line
+                                              for line in ours)
 
 
 def test_sigterm_does_not_speak_of_ctrl_c(url, tmp_path):
