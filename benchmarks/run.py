@@ -405,6 +405,37 @@ class Check:
     ok: bool
 
 
+def file_cost(count: int = 1000) -> tuple[float, float]:
+    """CPU and wall seconds a 1 KiB file costs the file system under .bench here, written as the
+    bare loops write one (create NAME.part, write, rename), measured in this process.
+
+    On a disk shared with other work this swings widely (from about 0.05 to 1 ms of kernel CPU a
+    file on the 2-core test VM, as other processes create and delete files), and it is part of every
+    tool's CPU per file; it is printed before and after the scenarios with many files to read them by.
+    """
+    folder = BENCH / "work" / "file-cost"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    body = os.urandom(KiB)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for index in range(count):
+        final = folder / f"{index:05d}.bin"
+        part = folder / f"{index:05d}.bin.part"
+        with open(part, "wb") as out:
+            out.write(body)
+        os.rename(part, final)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    shutil.rmtree(folder, ignore_errors=True)
+    return cpu / count, wall / count
+
+
+def print_file_cost(when: str) -> dict[str, float]:
+    cpu, wall = file_cost()
+    print(f"  file system {when}: a 1 KiB file (create .part, write, rename) costs {cpu * 1000:.3f} ms CPU, "
+          f"{wall * 1000:.3f} ms wall", flush=True)
+    return {"cpu_s": cpu, "wall_s": wall}
+
+
 def check_servers(urls: dict[str, str], small: str, medium: str, medium_size: int) -> list[Check]:
     """Measure that /delay/ delays each response, /slow/ caps the rate and /flaky/ fails as meant."""
     checks = []
@@ -1359,19 +1390,24 @@ def main(argv: list[str] | None = None) -> int:
         report["checks"] = [asdict(check) for check in checks]
         for scenario in chosen:
             print(f"\nrunning {scenario.name} ...", flush=True)
+            many_files = isinstance(scenario, ListScenario) or scenario.data and scenario.data.count >= MANY_FILES
+            file_costs = {"before": print_file_cost("before")} if many_files else {}
             if isinstance(scenario, ListScenario):
                 verdicts, raw = run_list_scenario(scenario, nginx, cli)
+                file_costs["after"] = print_file_cost("after")
                 all_good &= all(v["status"] != "FAIL" for v in verdicts)
                 report["scenarios"].append({"name": scenario.name, "title": scenario.title,
-                                            "verdicts": verdicts, "modes": raw})
+                                            "verdicts": verdicts, "modes": raw, "file_cost": file_costs})
                 continue
             outcomes = run_scenario(scenario, urls, digests.get(scenario.data, {}), runs, cli, mock)
             verdicts = print_report(scenario, outcomes)
+            if many_files:
+                file_costs["after"] = print_file_cost("after")
             all_good &= all(v["status"] != "FAIL" for v in verdicts)
             all_good &= not any(outcome.failures for outcome in outcomes)
             report["scenarios"].append({
                 "name": scenario.name, "title": scenario.title, "limit_s": scenario.limit,
-                "verdicts": verdicts,
+                "verdicts": verdicts, "file_cost": file_costs,
                 "variants": [{"label": o.label, "argv": o.argv, "skipped": o.skipped,
                               "median_wall_s": o.median("wall"), "median_cpu_s": o.median("cpu"),
                               "median_cpu_per_file_s": o.median("cpu_per_file"),
