@@ -1,6 +1,6 @@
 """Side-by-side benchmarks: the downloader against curl, aria2c, wget2, parfive and bare loops.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only NAME] [--runs N] [--json PATH]
+    .venv/bin/python benchmarks/run.py [--quick] [--only NAME] [--runs N] [--json PATH] [--scratch DIR]
 
 Everything is served from 127.0.0.1 by an nginx started here with its own config, logs and
 data under .bench/ (gitignored). Each scenario runs the downloader and its peers in the same
@@ -405,15 +405,15 @@ class Check:
     ok: bool
 
 
-def file_cost(count: int = 1000) -> tuple[float, float]:
-    """CPU and wall seconds a 1 KiB file costs the file system under .bench here, written as the
-    bare loops write one (create NAME.part, write, rename), measured in this process.
+def file_cost(scratch: Path, count: int = 1000) -> tuple[float, float]:
+    """CPU and wall seconds a 1 KiB file costs the file system under `scratch` (where the downloads
+    land), written as the bare loops write one (create NAME.part, write, rename), in this process.
 
     On a disk shared with other work this swings widely (from about 0.05 to 1 ms of kernel CPU a
     file on the 2-core test VM, as other processes create and delete files), and it is part of every
     tool's CPU per file; it is printed before and after the scenarios with many files to read them by.
     """
-    folder = BENCH / "work" / "file-cost"
+    folder = scratch / "file-cost"
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     body = os.urandom(KiB)
@@ -429,8 +429,8 @@ def file_cost(count: int = 1000) -> tuple[float, float]:
     return cpu / count, wall / count
 
 
-def print_file_cost(when: str) -> dict[str, float]:
-    cpu, wall = file_cost()
+def print_file_cost(scratch: Path, when: str) -> dict[str, float]:
+    cpu, wall = file_cost(scratch)
     print(f"  file system {when}: a 1 KiB file (create .part, write, rename) costs {cpu * 1000:.3f} ms CPU, "
           f"{wall * 1000:.3f} ms wall", flush=True)
     return {"cpu_s": cpu, "wall_s": wall}
@@ -875,13 +875,13 @@ def slow_traffic() -> str | None:
 
 
 def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, runs: int,
-                 cli: CliFeatures | None, mock: MockFaults | None) -> list[Outcome]:
+                 cli: CliFeatures | None, mock: MockFaults | None, scratch: Path) -> list[Outcome]:
     """Every run of every variant, interleaved; `mock`, when the faults come from it, is restarted
     before each run of the flaky scenario."""
     work = BENCH / "work" / scenario.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    out = BENCH / "out"
+    out = scratch / "out"
     names = scenario.data.names() if scenario.data else []
     job = Job([urls.get(scenario.location, "") + f"{scenario.data.folder}/{name}" for name in names],
               out, work, expected)
@@ -1117,8 +1117,8 @@ def watch(argv: list[str], out: Path, log: Path, window: float, interrupt: bool,
     return run
 
 
-def run_list_scenario(scenario: ListScenario, nginx: "Nginx",
-                      cli: CliFeatures | None) -> tuple[list[dict], list[dict]]:
+def run_list_scenario(scenario: ListScenario, nginx: "Nginx", cli: CliFeatures | None,
+                      scratch: Path) -> tuple[list[dict], list[dict]]:
     """Every engine of `scenario` in turn (see ListScenario); the verdicts and the raw runs."""
     started = time.perf_counter()
     one = ensure_data(ONE_FILE)[ONE_FILE.names()[0]]
@@ -1138,7 +1138,7 @@ def run_list_scenario(scenario: ListScenario, nginx: "Nginx",
             verdicts += [{"variant": f"dl {mode}", "target": "all", "status": "SKIP", "detail": reason}]
             raw.append({"mode": mode, "skipped": reason})
             continue
-        out = BENCH / "million" / f"out-{mode}"
+        out = scratch / scenario.name / f"out-{mode}"
 
         def command(url_file: Path) -> list[str]:
             return [PYTHON, "-m", "downloader", "get", "-i", str(url_file), "-d", str(out), "-m", mode,
@@ -1343,8 +1343,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the 503s come from: the project's mock server (deterministic, "
                              "restarted before each run), nginx (split_clients on $request_id, random) "
                              "or auto: the mock server when downloader.mockserver imports")
+    parser.add_argument("--scratch", type=Path, default=BENCH, metavar="DIR",
+                        help="folder the downloads are written under (default .bench); a tmpfs such as "
+                             "/dev/shm keeps a busy shared disk out of the CPU per file")
     args = parser.parse_args(argv)
     runs = args.runs or (1 if args.quick else 5)
+    args.scratch = args.scratch.resolve()
 
     chosen = scenarios(args.quick)
     if args.only:
@@ -1368,6 +1372,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "python": PYTHON, "runs": runs, "quick": args.quick},
+              "scratch": str(args.scratch),
               "server": {"delay_s": DELAY, "slow_rate_bytes_s": SLOW_RATE, "fail_rate": FAIL_RATE,
                          "faults": "mock" if use_mock else "nginx"},
               "checks": [], "scenarios": []}
@@ -1391,18 +1396,18 @@ def main(argv: list[str] | None = None) -> int:
         for scenario in chosen:
             print(f"\nrunning {scenario.name} ...", flush=True)
             many_files = isinstance(scenario, ListScenario) or scenario.data and scenario.data.count >= MANY_FILES
-            file_costs = {"before": print_file_cost("before")} if many_files else {}
+            file_costs = {"before": print_file_cost(args.scratch, "before")} if many_files else {}
             if isinstance(scenario, ListScenario):
-                verdicts, raw = run_list_scenario(scenario, nginx, cli)
-                file_costs["after"] = print_file_cost("after")
+                verdicts, raw = run_list_scenario(scenario, nginx, cli, args.scratch)
+                file_costs["after"] = print_file_cost(args.scratch, "after")
                 all_good &= all(v["status"] != "FAIL" for v in verdicts)
                 report["scenarios"].append({"name": scenario.name, "title": scenario.title,
                                             "verdicts": verdicts, "modes": raw, "file_cost": file_costs})
                 continue
-            outcomes = run_scenario(scenario, urls, digests.get(scenario.data, {}), runs, cli, mock)
+            outcomes = run_scenario(scenario, urls, digests.get(scenario.data, {}), runs, cli, mock, args.scratch)
             verdicts = print_report(scenario, outcomes)
             if many_files:
-                file_costs["after"] = print_file_cost("after")
+                file_costs["after"] = print_file_cost(args.scratch, "after")
             all_good &= all(v["status"] != "FAIL" for v in verdicts)
             all_good &= not any(outcome.failures for outcome in outcomes)
             report["scenarios"].append({
