@@ -769,8 +769,6 @@ class Run:
     """What the fault server saw during the run, when it can tell."""
     files: int = 0
     """How many files the run fetched (for the CPU per file)."""
-    maxrss: int = 0
-    """Peak resident set of the child, in bytes (ru_maxrss)."""
 
     @property
     def cpu(self) -> float:
@@ -815,7 +813,7 @@ def timed(argv: list[str], log: Path, timeout: float, env: dict[str, str] | None
             timer.cancel()
         wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
-    run = Run(wall, usage.ru_utime, usage.ru_stime, proc.returncode, maxrss=usage.ru_maxrss * KiB)
+    run = Run(wall, usage.ru_utime, usage.ru_stime, proc.returncode)
     if wall >= timeout:
         run.error = f"killed after {timeout:.0f} s"
     elif run.rc != 0:
@@ -1033,6 +1031,7 @@ class ListRun:
     wall: float = 0.0
     cpu: float = 0.0
     maxrss: int = 0
+    """Peak resident memory in bytes, as last read from /proc before the exit (see peak_rss)."""
     rc: int | None = None
     interrupted: bool = False
     """Whether it got SIGINT at the end of the window."""
@@ -1063,15 +1062,32 @@ class ListRun:
         return self.cpu / self.done if self.done else None
 
 
-def watch(argv: list[str], out: Path, log: Path, window: float, interrupt: bool, timeout: float,
+def peak_rss(pid: int) -> int | None:
+    """The high-water mark of a running process's resident memory (VmHWM), in bytes.
+
+    Not ru_maxrss from wait4: Linux carries the memory of the process before its exec into that
+    figure, and subprocess spawns with vfork, so every child would report the bench's own peak
+    (about 120 MB once it has checked a 100,000-file folder)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def watch(argv: list[str], out: Path, log: Path, window: float | None, interrupt: bool, timeout: float,
           env: dict[str, str], what: str, lines: int, match: float | None = None) -> ListRun:
     """Run argv; count the files done in `out` at half `window`, at `match` seconds (when given) and
-    at `window` (or at its exit, if sooner); then SIGINT it when `interrupt`, else let it finish
-    within `timeout`. CPU and peak RSS come from os.wait4 (so the process is polled with WNOHANG,
-    never reaped by Popen). A count is one scan of the folder (about 80 ms for 100,000 names), so
-    only these few are taken."""
+    at `window` (or at its exit, if sooner; no count without a window); then SIGINT it when
+    `interrupt`, else let it finish within `timeout`. CPU comes from os.wait4 (so the process is
+    polled with WNOHANG, never reaped by Popen), the peak RSS from /proc every 50 ms. A count is one
+    scan of the folder (about 80 ms for 100,000 names), so only these few are taken."""
     run = ListRun(what, lines)
-    marks = sorted([(window / 2, "half"), (window, "window")] + ([(match, "match")] if match else []))
+    marks = [] if window is None else [(window / 2, "half"), (window, "window")]
+    marks = sorted(marks + ([(match, "match")] if match else []))
     os.sync()
     with open(log, "wb") as sink:
         start = time.perf_counter()
@@ -1085,6 +1101,7 @@ def watch(argv: list[str], out: Path, log: Path, window: float, interrupt: bool,
             now = time.perf_counter() - start
             if pid:
                 break
+            run.maxrss = peak_rss(proc.pid) or run.maxrss
             while marks and now >= marks[0][0]:
                 _, name = marks.pop(0)
                 run.samples[name] = (time.perf_counter() - start, files_done(out))
@@ -1102,7 +1119,7 @@ def watch(argv: list[str], out: Path, log: Path, window: float, interrupt: bool,
             os.waitpid(proc.pid, 0)
     run.wall = time.perf_counter() - start
     proc.returncode = run.rc = os.waitstatus_to_exitcode(status)
-    run.cpu, run.maxrss = usage.ru_utime + usage.ru_stime, usage.ru_maxrss * KiB
+    run.cpu = usage.ru_utime + usage.ru_stime
     run.done = files_done(out)
     run.seconds, run.files = run.samples.get("window", (run.wall, run.done))
     if killed is not None:
@@ -1150,17 +1167,16 @@ def run_list_scenario(scenario: ListScenario, nginx: "Nginx", cli: CliFeatures |
                           4 * scenario.window, env, f"{scenario.short:,} URLs", scenario.short)
         if not short_run.error:
             short_run.error = verify(out, list_digests(scenario.short, one), DOWNLOADER_STATE)
-        rerun = ListRun(f"re-run {scenario.short:,}", scenario.short)
+        rerun_what = f"re-run {scenario.short:,}"
         if short_run.error:
-            rerun.error = "no complete folder to re-run over"
+            rerun = ListRun(rerun_what, scenario.short, error="no complete folder to re-run over")
         else:
             print(f"  {mode}: the same {scenario.short:,} URLs again, over the complete folder", flush=True)
             before = nginx.requests_served()
-            timing = timed(command(short_list), work / f"{mode}.rerun.log", 3 * scenario.window, env)
+            rerun = watch(command(short_list), out, work / f"{mode}.rerun.log", None, False,
+                          3 * scenario.window, env, rerun_what, scenario.short)
             rerun.requests = nginx.requests_served() - before - 1
-            rerun.wall = rerun.seconds = timing.wall
-            rerun.cpu, rerun.maxrss, rerun.rc, rerun.error = timing.cpu, timing.maxrss, timing.rc, timing.error
-            rerun.files = rerun.done = scenario.short
+            rerun.files = scenario.short  # every URL answered (skipped) by the end
         shutil.rmtree(out, ignore_errors=True)
         print(f"  {mode}: {scenario.long:,} URLs for {scenario.window:g} s, then SIGINT", flush=True)
         # when the short list ended inside the window, the long one is also counted at that moment:
