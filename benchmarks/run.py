@@ -1,13 +1,19 @@
-"""Side-by-side benchmarks: the downloader against curl, aria2c, wget2 and parfive.
+"""Side-by-side benchmarks: the downloader against curl, aria2c, wget2, parfive and bare loops.
 
-    .venv/bin/python benchmarks/run.py [--quick] [--only NAME] [--runs N] [--json PATH]
+    .venv/bin/python benchmarks/run.py [--quick] [--only NAME] [--runs N] [--json PATH] [--scratch DIR]
 
 Everything is served from 127.0.0.1 by an nginx started here with its own config, logs and
 data under .bench/ (gitignored). Each scenario runs the downloader and its peers in the same
 session, interleaved (peer, downloader, peer, downloader, ...), checks the size and sha256 of
 every output file against the file served (wrong bytes fail the run), and reports the median
-wall time and the median CPU time (user + sys of the child, from os.wait4) against the
-product's targets. Exit status: 0 when every run was correct and every target met, 1 otherwise.
+wall time and the median CPU time (user + sys of the child, from os.wait4), per file too when
+there are many, against the product's targets. Exit status: 0 when every run was correct and
+every target met, 1 otherwise.
+
+The bare loops (bare_aiohttp.py, bare_requests.py, bare_pycurl.py beside this script) do the
+least a downloader must per URL with each engine's library: they are the floor of `many-tiny`.
+`million` is of another shape (ListScenario): one long run per engine over a generated list,
+stopped with SIGINT, then a short list to the end and a re-run of it.
 
 Standard library only; the peers are run through their own command lines, and the tools the
 script needs are installed with apt-get when missing.
@@ -90,6 +96,9 @@ class DataSet:
 
 Digests = dict[str, tuple[int, str]]
 """File name -> (size, sha256 hex) of what a download must produce."""
+
+ONE_FILE = DataSet("one", 1, 1 * KiB)
+"""The 1 KiB file nginx answers for every path under /m/ (the URLs of the million scenario)."""
 
 
 def ensure_data(data: DataSet) -> Digests:
@@ -184,6 +193,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def lasting_port(record: Path) -> int:
+    """The port saved in `record` while it is still free, else a new free one (then saved): the
+    long URL lists generated under .bench name the server's port, and are reused while it holds."""
+    try:
+        port = int(record.read_text())
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nginx binds
+            sock.bind(("127.0.0.1", port))
+        return port
+    except (OSError, ValueError):
+        port = free_port()
+        record.parent.mkdir(parents=True, exist_ok=True)
+        record.write_text(f"{port}\n")
+        return port
+
+
 def wait_for_port(port: int, proc: subprocess.Popen, what: str, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -241,6 +266,10 @@ http {
             alias @DATA@/;
             if ($bench_fail) { add_header Retry-After 0 always; return 503; }
         }
+        # any path under /m/ is the one 1 KiB file: a list of a million distinct URLs needs no
+        # million files on the server
+        location /m/ { root @DATA@/@ONE_DIR@; try_files /@ONE_NAME@ =404; }
+        location = /status { stub_status; }
     }
 }
 """
@@ -252,9 +281,16 @@ class Nginx:
     def __init__(self, data: Path):
         self.data = data
         self.dir = BENCH / "nginx"
-        self.port = free_port()
+        self.port = lasting_port(self.dir / "port")
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+
+    def requests_served(self) -> int:
+        """nginx's count of requests since it started (stub_status), this one included."""
+        with urllib.request.urlopen(f"{self.base}/status", timeout=10) as answer:
+            text = answer.read().decode()
+        accepts, handled, requests = re.search(r"(\d+)\s+(\d+)\s+(\d+)", text).groups()
+        return int(requests)
 
     def __enter__(self) -> "Nginx":
         for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
@@ -262,7 +298,8 @@ class Nginx:
         conf = self.dir / "nginx.conf"
         values = {"@ECHO@": str(ECHO_MODULE), "@DIR@": str(self.dir), "@DATA@": str(self.data),
                   "@PORT@": str(self.port), "@DELAY@": f"{DELAY:g}", "@RATE@": f"{SLOW_RATE // MiB}m",
-                  "@FAIL_PERCENT@": f"{FAIL_RATE * 100:g}"}
+                  "@FAIL_PERCENT@": f"{FAIL_RATE * 100:g}", "@ONE_DIR@": ONE_FILE.folder,
+                  "@ONE_NAME@": ONE_FILE.names()[0]}
         text = NGINX_CONF
         for key, value in values.items():
             text = text.replace(key, value)
@@ -368,6 +405,37 @@ class Check:
     ok: bool
 
 
+def file_cost(scratch: Path, count: int = 1000) -> tuple[float, float]:
+    """CPU and wall seconds a 1 KiB file costs the file system under `scratch` (where the downloads
+    land), written as the bare loops write one (create NAME.part, write, rename), in this process.
+
+    On a disk shared with other work this swings widely (from about 0.05 to 1 ms of kernel CPU a
+    file on the 2-core test VM, as other processes create and delete files), and it is part of every
+    tool's CPU per file; it is printed before and after the scenarios with many files to read them by.
+    """
+    folder = scratch / "file-cost"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    body = os.urandom(KiB)
+    wall, cpu = time.perf_counter(), time.process_time()
+    for index in range(count):
+        final = folder / f"{index:05d}.bin"
+        part = folder / f"{index:05d}.bin.part"
+        with open(part, "wb") as out:
+            out.write(body)
+        os.rename(part, final)
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    shutil.rmtree(folder, ignore_errors=True)
+    return cpu / count, wall / count
+
+
+def print_file_cost(scratch: Path, when: str) -> dict[str, float]:
+    cpu, wall = file_cost(scratch)
+    print(f"  file system {when}: a 1 KiB file (create .part, write, rename) costs {cpu * 1000:.3f} ms CPU, "
+          f"{wall * 1000:.3f} ms wall", flush=True)
+    return {"cpu_s": cpu, "wall_s": wall}
+
+
 def check_servers(urls: dict[str, str], small: str, medium: str, medium_size: int) -> list[Check]:
     """Measure that /delay/ delays each response, /slow/ caps the rate and /flaky/ fails as meant."""
     checks = []
@@ -452,6 +520,12 @@ def parfive(job: Job, jobs: int, *options: str) -> list[str]:
             str(job.url_list())]
 
 
+def bare_loop(job: Job, library: str, jobs: int) -> list[str]:
+    """One of the bare loops beside this script (bare_aiohttp.py, bare_requests.py, bare_pycurl.py):
+    the least a downloader does per URL with that library, the floor each engine is held to."""
+    return [PYTHON, str(HERE / f"bare_{library}.py"), "-j", str(jobs), "-d", str(job.out), str(job.url_list())]
+
+
 def downloader(job: Job, mode: str, *options: str) -> list[str]:
     sources = job.urls if len(job.urls) == 1 else ["-i", str(job.url_list())]
     return [PYTHON, "-m", "downloader", "get", *sources, "-d", str(job.out), "-m", mode,
@@ -470,10 +544,16 @@ def downloader_help(job: Job) -> list[str]:
 class Variant:
     label: str
     tool: str
-    """"downloader" for the product; otherwise the program the peer needs."""
+    """"downloader" for the product; "python" for a peer script run with the bench's Python;
+    otherwise the program the peer needs."""
     build: Callable[[Job], list[str]]
     needs: tuple[str, ...] = ()
     """Options of `downloader get` this variant uses that may not exist yet."""
+    mode: str | None = None
+    """The engine (`-m`) a downloader variant runs, skipped while `get --help` does not list it."""
+    imports: tuple[str, ...] = ()
+    """Modules a "python" peer imports, skipped while the bench's Python lacks one."""
+
     @property
     def is_peer(self) -> bool:
         return self.tool != "downloader"
@@ -488,7 +568,7 @@ class Variant:
 class Target:
     variant: str
     metric: str
-    """"wall" or "cpu": the variant's median."""
+    """"wall", "cpu" or "cpu_per_file" (CPU seconds over the files of the run): the variant's median."""
     ref: str
     """"limit" (the scenario's theoretical limit), "abs" (seconds), "best peer" (the peer with the
     lowest median wall time) or another variant's label."""
@@ -498,9 +578,17 @@ class Target:
 
     def describe(self) -> str:
         sign = "<" if self.strict else "<="
+        name = self.metric.replace("_", " ")
         if self.ref == "abs":
-            return f"{self.metric} {sign} {self.factor:g} s"
-        return f"{self.metric} {sign} {self.factor:g} x {self.ref}"
+            return f"{name} {sign} {fmt_metric(self.metric, self.factor)}"
+        return f"{name} {sign} {self.factor:g}x {self.ref}"
+
+
+def fmt_metric(metric: str, seconds: float | None) -> str:
+    """A median as the report shows it: per-file CPU in milliseconds, the rest in seconds."""
+    if seconds is None:
+        return "-"
+    return f"{seconds * 1000:.3f} ms" if metric == "cpu_per_file" else f"{seconds:.3f} s"
 
 
 @dataclass(frozen=True)
@@ -518,20 +606,55 @@ class Scenario:
     timeout: float = 180.0
 
 
-def scenarios(quick: bool) -> list[Scenario]:
+@dataclass(frozen=True)
+class ListScenario:
+    """A long generated list of distinct URLs, every one answered by the same 1 KiB file (/m/): what
+    the downloader spends per URL as the list grows, without a million files on the server.
+
+    For each engine: the long list runs for `window` seconds, then gets SIGINT (it must exit 130);
+    the short list runs to the end (the folder is then checked file by file); then the very same
+    command runs again over the complete folder, where every URL must be skipped without a request.
+    Each of these runs once (they are long; --runs does not apply)."""
+
+    name: str
+    title: str
+    long: int
+    """Lines of the long list (a million)."""
+    short: int
+    """Lines of the list the long one is compared with, and that the re-run skips."""
+    window: float
+    """Seconds over which the rates are counted (then the long run gets SIGINT)."""
+    jobs: int
+    modes: tuple[tuple[str, float], ...]
+    """Each engine measured, with the files/s it must sustain on the long list."""
+    max_rss: int = 100 * 1000 * 1000
+    """Bytes of peak resident memory no run may exceed (100 MB)."""
+    rate_spread: float = 0.10
+    """How far apart the long and the short list's rates may be (10%): nothing may grow with the list."""
+    skip_rate: float = 25_000.0
+    """URLs a second a re-run over a complete folder must skip, without one request."""
+    data: None = None
+    """No data set to make beforehand: the one file under /m/ is ONE_FILE."""
+
+
+def scenarios(quick: bool) -> list[Scenario | ListScenario]:
     small = DataSet("small", 200 if quick else 1000, 16 * KiB)
     medium = DataSet("medium", 8 if quick else 20, (2 if quick else 4) * MiB)
     big = DataSet("big", 1, (64 if quick else 512) * MiB)
     retry = DataSet("retry", 100 if quick else 300, 16 * KiB)
+    tiny = DataSet("tiny", 1000 if quick else 5000, 1 * KiB)
+    long_list, short_list, window = (100_000, 10_000, 20.0) if quick else (1_000_000, 100_000, 60.0)
     jobs, segments, min_segment = 32, 8, "512K"
     # aria2c's smallest piece (-k) is 1M: its best split of a medium file, with as many connections in all
     aria2_split = min(segments, medium.size // MiB)
 
-    def dl(mode: str, *options: str) -> Callable[[Job], list[str]]:
-        return lambda job: downloader(job, mode, *options)
+    def dl(label: str, mode: str, *options: str, needs: tuple[str, ...] = ()) -> Variant:
+        return Variant(label, "downloader", lambda job: downloader(job, mode, *options), needs=needs, mode=mode)
 
     many_jobs = ("-j", str(jobs))
     seg_options = ("-j", str(jobs), "-s", str(segments), "--min-segment-size", min_segment)
+    tiny_jobs = 64
+    tiny_options = ("-j", str(tiny_jobs))
     return [
         Scenario(
             "many-small",
@@ -540,25 +663,25 @@ def scenarios(quick: bool) -> list[Scenario]:
             (Variant("curl", "curl", lambda job: curl_parallel(job, jobs)),
              Variant("aria2c", "aria2c", lambda job: aria2c(job, "-j", str(jobs))),
              Variant("wget2", "wget2", lambda job: wget2(job, jobs)),
-             Variant("dl async", "downloader", dl("async", *many_jobs)),
-             Variant("dl thread", "downloader", dl("thread", *many_jobs))),
+             dl("dl async", "async", *many_jobs),
+             dl("dl thread", "thread", *many_jobs)),
             (Target("dl async", "wall", "limit", 1.10), Target("dl thread", "wall", "limit", 1.25)),
             limit=math.ceil(small.count / jobs) * DELAY,
         ),
         Scenario(
             "one-big", f"one {human_size(big.size)} file from /files/ (sendfile)", big, "files",
             (Variant("curl", "curl", curl_single),
-             Variant("dl async -s 1", "downloader", dl("async", "-s", "1"), needs=("-s",)),
-             Variant("dl async", "downloader", dl("async")),
-             Variant("dl thread", "downloader", dl("thread")),
+             dl("dl async -s 1", "async", "-s", "1", needs=("-s",)),
+             dl("dl async", "async"),
+             dl("dl thread", "thread"),
              # a one-stream file is hashed as its bytes stream in; a segmented one as its on-disk
              # prefix grows (sink.PrefixHasher): neither reads the file again at the end
              Variant("dl async -s 1 +checksum", "downloader",
                      lambda job: downloader(job, "async", "-s", "1", "--checksum", f"sha-256={job.sha256()}"),
-                     needs=("--checksum", "-s")),
+                     needs=("--checksum", "-s"), mode="async"),
              Variant("dl async +checksum", "downloader",
                      lambda job: downloader(job, "async", "--checksum", f"sha-256={job.sha256()}"),
-                     needs=("--checksum",))),
+                     needs=("--checksum",), mode="async")),
             tuple(Target(label, metric, "curl", factor)
                   for label in ("dl async -s 1", "dl async", "dl thread")
                   for metric, factor in (("wall", 1.3), ("cpu", 2.0)))
@@ -574,9 +697,8 @@ def scenarios(quick: bool) -> list[Scenario]:
             (Variant("aria2c", "aria2c", lambda job: aria2c(
                 job, "-j", str(jobs // aria2_split), "-x", str(aria2_split), "-s", str(aria2_split),
                 "-k", "1M")),
-             Variant("dl async", "downloader", dl("async", *seg_options), needs=("-s", "--min-segment-size")),
-             Variant("dl thread", "downloader", dl("thread", *seg_options),
-                     needs=("-s", "--min-segment-size"))),
+             dl("dl async", "async", *seg_options, needs=("-s", "--min-segment-size")),
+             dl("dl thread", "thread", *seg_options, needs=("-s", "--min-segment-size"))),
             (Target("dl async", "wall", "limit", 1.10),),
             limit=medium.total / (jobs * SLOW_RATE),
         ),
@@ -584,10 +706,11 @@ def scenarios(quick: bool) -> list[Scenario]:
             "retry-503",
             f"{retry.describe()}, {FAIL_RATE:.0%} of responses 503 with Retry-After: 0, {jobs} at a time",
             retry, "flaky",
-            (Variant("parfive", "parfive", lambda job: parfive(job, jobs)),
-             Variant("parfive splits=1", "parfive", lambda job: parfive(job, jobs, "--max-splits", "1")),
-             Variant("dl async", "downloader", dl("async", *many_jobs)),
-             Variant("dl thread", "downloader", dl("thread", *many_jobs))),
+            (Variant("parfive", "python", lambda job: parfive(job, jobs), imports=("parfive",)),
+             Variant("parfive splits=1", "python", lambda job: parfive(job, jobs, "--max-splits", "1"),
+                     imports=("parfive",)),
+             dl("dl async", "async", *many_jobs),
+             dl("dl thread", "thread", *many_jobs)),
             # the issue: faster than parfive; async also beats parfive tuned to one connection a
             # file, thread mode (requests under the GIL) only parfive as shipped
             (Target("dl async", "wall", "best peer", 1.0, strict=True),
@@ -598,6 +721,35 @@ def scenarios(quick: bool) -> list[Scenario]:
             (Variant("dl --help", "downloader", downloader_help),),
             (Target("dl --help", "wall", "abs", 0.3, strict=True),),
             runs=3 if quick else 10, timeout=30.0,
+        ),
+        Scenario(
+            "many-tiny",
+            f"{tiny.describe()} from /files/, {tiny_jobs} at a time: the cost of a URL, against bare "
+            f"loops doing only fetch, write .part, rename",
+            tiny, "files",
+            (Variant("curl", "curl", lambda job: curl_parallel(job, tiny_jobs)),
+             Variant("wget2", "wget2", lambda job: wget2(job, tiny_jobs)),
+             Variant("bare aiohttp", "python", lambda job: bare_loop(job, "aiohttp", tiny_jobs),
+                     imports=("aiohttp",)),
+             Variant("bare requests", "python", lambda job: bare_loop(job, "requests", tiny_jobs),
+                     imports=("requests",)),
+             Variant("bare pycurl", "python", lambda job: bare_loop(job, "pycurl", tiny_jobs),
+                     imports=("pycurl",)),
+             dl("dl async", "async", *tiny_options),
+             dl("dl thread", "thread", *tiny_options),
+             dl("dl curl", "curl", *tiny_options)),
+            (Target("dl async", "wall", "bare aiohttp", 1.3),
+             Target("dl thread", "wall", "bare requests", 1.3),
+             Target("dl curl", "wall", "curl", 1.3),
+             Target("dl curl", "cpu_per_file", "abs", 0.3e-3, strict=True)),
+        ),
+        ListScenario(
+            "million",
+            f"a generated list of {long_list:,} distinct URLs of one 1 KiB file (/m/), {tiny_jobs} at a time: "
+            f"files/s over the first {window:g} s, against a {short_list:,}-line list, and a re-run of the "
+            f"complete {short_list:,}",
+            long_list, short_list, window, tiny_jobs,
+            (("async", 1200.0), ("curl", 5000.0)),
         ),
     ]
 
@@ -615,10 +767,16 @@ class Run:
     error: str | None = None
     server: str | None = None
     """What the fault server saw during the run, when it can tell."""
+    files: int = 0
+    """How many files the run fetched (for the CPU per file)."""
 
     @property
     def cpu(self) -> float:
         return self.user + self.sys
+
+    @property
+    def cpu_per_file(self) -> float | None:
+        return self.cpu / self.files if self.files else None
 
 
 @dataclass
@@ -636,6 +794,7 @@ class Outcome:
 
     def median(self, metric: str) -> float | None:
         good = [getattr(run, metric) for run in self.runs if not run.error]
+        good = [value for value in good if value is not None]
         return statistics.median(good) if good else None
 
 
@@ -667,8 +826,17 @@ def log_tail(log: Path, lines: int = 5) -> str:
     return " | ".join(text[-lines:])
 
 
-def downloader_options() -> set[str] | None:
-    """The options `downloader get --help` lists, or None while the CLI does not run."""
+@dataclass(frozen=True)
+class CliFeatures:
+    """What `downloader get --help` lists: its options and the engines `-m` accepts. A variant
+    that needs an option or a mode still being built is skipped, with the reason, until it lands."""
+
+    options: frozenset[str]
+    modes: frozenset[str]
+
+
+def downloader_features() -> CliFeatures | None:
+    """The options and modes `downloader get --help` lists, or None while the CLI does not run."""
     env = dict(os.environ, COLUMNS="250", NO_COLOR="1", TERM="dumb", PYTHONPATH=str(ROOT))
     try:
         done = subprocess.run([PYTHON, "-m", "downloader", "get", "--help"], capture_output=True, text=True,
@@ -677,7 +845,9 @@ def downloader_options() -> set[str] | None:
         return None
     if done.returncode != 0:
         return None
-    return set(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", done.stdout))
+    choices = re.search(r"--mode\s+\[([\w|]+)\]", done.stdout)
+    return CliFeatures(frozenset(re.findall(r"(?<![\w-])(--?[A-Za-z][\w-]*)", done.stdout)),
+                       frozenset(choices.group(1).split("|") if choices else ()))
 
 
 SLOW_LOG = BENCH / "nginx" / "slow.log"
@@ -703,13 +873,13 @@ def slow_traffic() -> str | None:
 
 
 def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, runs: int,
-                 options: set[str] | None, mock: MockFaults | None) -> list[Outcome]:
+                 cli: CliFeatures | None, mock: MockFaults | None, scratch: Path) -> list[Outcome]:
     """Every run of every variant, interleaved; `mock`, when the faults come from it, is restarted
     before each run of the flaky scenario."""
     work = BENCH / "work" / scenario.name
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    out = BENCH / "out"
+    out = scratch / "out"
     names = scenario.data.names() if scenario.data else []
     job = Job([urls.get(scenario.location, "") + f"{scenario.data.folder}/{name}" for name in names],
               out, work, expected)
@@ -717,7 +887,7 @@ def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, ru
     outcomes = []
     for variant in scenario.variants:
         outcome = Outcome(variant.label)
-        outcome.skipped = skip_reason(variant, options)
+        outcome.skipped = skip_reason(variant, cli)
         if not outcome.skipped:
             outcome.argv = variant.build(job)
         outcomes.append(outcome)
@@ -737,6 +907,7 @@ def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, ru
             if scenario.location == "slow":
                 SLOW_LOG.write_text("")  # nginx appends to the file it holds open
             run = timed(outcome.argv, log, scenario.timeout, child_env)
+            run.files = len(names)
             if mock and scenario.location == "flaky":
                 run.server = mock.traffic()
             if scenario.location == "slow":
@@ -751,16 +922,29 @@ def run_scenario(scenario: Scenario, urls: dict[str, str], expected: Digests, ru
     return outcomes
 
 
-def skip_reason(variant: Variant, options: set[str] | None) -> str | None:
+def skip_reason(variant: Variant, cli: CliFeatures | None) -> str | None:
+    """Why `variant` cannot run here (None when it can): an option or mode the CLI does not list
+    yet, a module the bench's Python lacks, a program that is not installed."""
     if variant.tool == "downloader":
-        if options is None:
+        if cli is None:
             return "downloader CLI not available (python -m downloader get --help fails)"
-        missing = [name for name in variant.needs if name not in options]
+        if variant.mode and variant.mode not in cli.modes:
+            return mode_missing(variant.mode, cli)
+        missing = [name for name in variant.needs if name not in cli.options]
         return f"`get --help` lists no {', '.join(missing)}" if missing else None
-    if variant.tool == "parfive":
-        done = subprocess.run([PYTHON, "-c", "import parfive"], capture_output=True)
-        return None if done.returncode == 0 else f"parfive is not installed in {PYTHON}"
+    if variant.tool == "python":
+        missing = [name for name in variant.imports if not importable(name)]
+        return f"{', '.join(missing)} not importable in {PYTHON} (make bench installs it)" if missing else None
     return None if shutil.which(variant.tool) else f"{variant.tool} is not installed"
+
+
+def mode_missing(mode: str, cli: CliFeatures) -> str:
+    return f"`get --help` lists no {mode} mode (-m {'|'.join(sorted(cli.modes)) or '?'})"
+
+
+def importable(module: str) -> bool:
+    """Whether the bench's Python (the venv's) can import `module`."""
+    return subprocess.run([PYTHON, "-c", f"import {module}"], capture_output=True).returncode == 0
 
 
 def hyperfine(argv: list[str], runs: int, env: dict[str, str]) -> list[Run]:
@@ -775,6 +959,300 @@ def hyperfine(argv: list[str], runs: int, env: dict[str, str]) -> list[Run]:
     codes = result.get("exit_codes") or [0] * len(result["times"])
     return [Run(wall, result["user"], result["system"], code, f"exit status {code}" if code else None)
             for wall, code in zip(result["times"], codes)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Long lists (the million scenario)
+
+
+LIST_PATH = "/m/"
+"""Where nginx answers every path with ONE_FILE; a list line is BASE/m/NNNNNNN.bin (all of one length)."""
+SIGINT_GRACE = 30.0
+"""Seconds a run may take to stop after SIGINT before it is killed (and fails)."""
+
+
+def url_list(base: str, count: int) -> Path:
+    """.bench/lists/m-COUNT.txt: COUNT distinct URLs under /m/ of the server at `base`, written once
+    (about a second for a million) and reused while nginx keeps its port (see lasting_port).
+
+        url_list("http://127.0.0.1:8080", 3)  # .../m/0000000.bin, .../m/0000001.bin, .../m/0000002.bin
+    """
+    path = BENCH / "lists" / f"m-{count}.txt"
+    prefix = base + LIST_PATH
+    first = f"{prefix}{0:07d}.bin\n".encode()
+    try:
+        with open(path, "rb") as lines:
+            if lines.readline() == first and path.stat().st_size == len(first) * count:
+                return path
+    except OSError:
+        pass
+    print(f"writing a list of {count:,} URLs to {path}", flush=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".tmp")
+    block = 100_000
+    with open(partial, "w", encoding="ascii") as out:
+        for start in range(0, count, block):
+            out.write("".join(f"{prefix}{index:07d}.bin\n" for index in range(start, min(count, start + block))))
+    os.replace(partial, path)
+    return path
+
+
+def list_digests(count: int, one: tuple[int, str]) -> Digests:
+    """What a complete folder of the `count`-line list holds: NNNNNNN.bin, each the one file."""
+    return {f"{index:07d}.bin": one for index in range(count)}
+
+
+def files_done(out: Path) -> int:
+    """Files under their final name in `out`: not a .part, not a state file, not the index folder.
+    Counting the folder (rather than a --report file) costs the downloader nothing and counts
+    only what is really on disk under its name."""
+    try:
+        with os.scandir(out) as entries:
+            return sum(1 for entry in entries
+                       if not entry.name.startswith(".") and not entry.name.endswith((".part", ".part.state")))
+    except FileNotFoundError:
+        return 0
+
+
+@dataclass
+class ListRun:
+    """One downloader run over a generated list: its rate over the window, its cost, how it ended."""
+
+    what: str
+    lines: int
+    seconds: float = 0.0
+    """When the rate was taken: the end of the window, or the exit when the run ended sooner."""
+    files: int = 0
+    """Files under their final name at that moment."""
+    samples: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """(seconds, files) counted at "half" the window, at the "window" and at the "match" point."""
+    done: int = 0
+    """Files under their final name after the exit."""
+    wall: float = 0.0
+    cpu: float = 0.0
+    maxrss: int = 0
+    """Peak resident memory in bytes, as last read from /proc before the exit (see peak_rss)."""
+    rc: int | None = None
+    interrupted: bool = False
+    """Whether it got SIGINT at the end of the window."""
+    requests: int | None = None
+    """Requests nginx answered during the run, when counted."""
+    error: str | None = None
+
+    @property
+    def rate(self) -> float | None:
+        return self.files / self.seconds if self.seconds else None
+
+    @property
+    def late_rate(self) -> float | None:
+        """Files a second over the second half of the window: a rate that sinks as the run goes on
+        shows something growing with the files done."""
+        half = self.samples.get("half")
+        if half is None or self.seconds <= half[0]:
+            return None
+        return (self.files - half[1]) / (self.seconds - half[0])
+
+    def rate_at(self, mark: str) -> float | None:
+        """Files a second from the start to the count taken at `mark`, or over the window without it."""
+        seconds, files = self.samples.get(mark, (self.seconds, self.files))
+        return files / seconds if seconds else None
+
+    @property
+    def cpu_per_file(self) -> float | None:
+        return self.cpu / self.done if self.done else None
+
+
+def peak_rss(pid: int) -> int | None:
+    """The high-water mark of a running process's resident memory (VmHWM), in bytes.
+
+    Not ru_maxrss from wait4: Linux carries the memory of the process before its exec into that
+    figure, and subprocess spawns with vfork, so every child would report the bench's own peak
+    (about 120 MB once it has checked a 100,000-file folder)."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * KiB
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def watch(argv: list[str], out: Path, log: Path, window: float | None, interrupt: bool, timeout: float,
+          env: dict[str, str], what: str, lines: int, match: float | None = None) -> ListRun:
+    """Run argv; count the files done in `out` at half `window`, at `match` seconds (when given) and
+    at `window` (or at its exit, if sooner; no count without a window); then SIGINT it when
+    `interrupt`, else let it finish within `timeout`. CPU comes from os.wait4 (so the process is
+    polled with WNOHANG, never reaped by Popen), the peak RSS from /proc every 50 ms. A count is one
+    scan of the folder (about 80 ms for 100,000 names), so only these few are taken."""
+    run = ListRun(what, lines)
+    marks = [] if window is None else [(window / 2, "half"), (window, "window")]
+    marks = sorted(marks + ([(match, "match")] if match else []))
+    os.sync()
+    with open(log, "wb") as sink:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT,
+                                cwd=BENCH, env=env)
+    signalled = killed = None
+    pid = 0
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            now = time.perf_counter() - start
+            if pid:
+                break
+            run.maxrss = peak_rss(proc.pid) or run.maxrss
+            while marks and now >= marks[0][0]:
+                _, name = marks.pop(0)
+                run.samples[name] = (time.perf_counter() - start, files_done(out))
+                if name == "window" and interrupt:
+                    proc.send_signal(signal.SIGINT)
+                    signalled, run.interrupted = now, True
+            overdue = (signalled is not None and now - signalled > SIGINT_GRACE) or now > timeout
+            if overdue and killed is None:
+                proc.kill()
+                killed = now
+            time.sleep(0.05)
+    finally:
+        if not pid:  # the bench itself was interrupted: leave nothing running
+            proc.kill()
+            os.waitpid(proc.pid, 0)
+    run.wall = time.perf_counter() - start
+    proc.returncode = run.rc = os.waitstatus_to_exitcode(status)
+    run.cpu = usage.ru_utime + usage.ru_stime
+    run.done = files_done(out)
+    run.seconds, run.files = run.samples.get("window", (run.wall, run.done))
+    if killed is not None:
+        run.error = (f"still running {SIGINT_GRACE:.0f} s after SIGINT, killed" if signalled is not None
+                     and killed - signalled > SIGINT_GRACE else f"not done after {timeout:.0f} s, killed")
+    elif run.interrupted and run.rc != 130:
+        run.error = f"exit status {run.rc} after SIGINT, not 130"
+    elif not run.interrupted and run.rc != 0:
+        run.error = f"exit status {run.rc}"
+    if run.error and log.stat().st_size:
+        run.error += f" [{log_tail(log)}]"
+    return run
+
+
+def run_list_scenario(scenario: ListScenario, nginx: "Nginx", cli: CliFeatures | None,
+                      scratch: Path) -> tuple[list[dict], list[dict]]:
+    """Every engine of `scenario` in turn (see ListScenario); the verdicts and the raw runs."""
+    started = time.perf_counter()
+    one = ensure_data(ONE_FILE)[ONE_FILE.names()[0]]
+    long_list, short_list = url_list(nginx.base, scenario.long), url_list(nginx.base, scenario.short)
+    work = BENCH / "work" / scenario.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    verdicts: list[dict] = []
+    raw: list[dict] = []
+    runs_by_mode: dict[str, list[ListRun]] = {}
+    for mode, _ in scenario.modes:
+        reason = ("downloader CLI not available (python -m downloader get --help fails)" if cli is None
+                  else None if mode in cli.modes else mode_missing(mode, cli))
+        if reason:
+            print(f"  {mode}: SKIP {reason}", flush=True)
+            verdicts += [{"variant": f"dl {mode}", "target": "all", "status": "SKIP", "detail": reason}]
+            raw.append({"mode": mode, "skipped": reason})
+            continue
+        out = scratch / scenario.name / f"out-{mode}"
+
+        def command(url_file: Path) -> list[str]:
+            return [PYTHON, "-m", "downloader", "get", "-i", str(url_file), "-d", str(out), "-m", mode,
+                    "-j", str(scenario.jobs), "--no-progress", "-q"]
+
+        print(f"  {mode}: {scenario.short:,} URLs to the end", flush=True)
+        shutil.rmtree(out, ignore_errors=True)
+        short_run = watch(command(short_list), out, work / f"{mode}.short.log", scenario.window, False,
+                          4 * scenario.window, env, f"{scenario.short:,} URLs", scenario.short)
+        if not short_run.error:
+            short_run.error = verify(out, list_digests(scenario.short, one), DOWNLOADER_STATE)
+        rerun_what = f"re-run {scenario.short:,}"
+        if short_run.error:
+            rerun = ListRun(rerun_what, scenario.short, error="no complete folder to re-run over")
+        else:
+            print(f"  {mode}: the same {scenario.short:,} URLs again, over the complete folder", flush=True)
+            before = nginx.requests_served()
+            rerun = watch(command(short_list), out, work / f"{mode}.rerun.log", None, False,
+                          3 * scenario.window, env, rerun_what, scenario.short)
+            rerun.requests = nginx.requests_served() - before - 1
+            rerun.files = scenario.short  # every URL answered (skipped) by the end
+        shutil.rmtree(out, ignore_errors=True)
+        print(f"  {mode}: {scenario.long:,} URLs for {scenario.window:g} s, then SIGINT", flush=True)
+        # when the short list ended inside the window, the long one is also counted at that moment:
+        # both rates then cover the same start-up and ramp
+        ended = short_run.seconds if short_run.seconds < scenario.window else None
+        long_run = watch(command(long_list), out, work / f"{mode}.long.log", scenario.window, True,
+                         scenario.window + SIGINT_GRACE, env, f"{scenario.long:,} URLs", scenario.long, match=ended)
+        shutil.rmtree(out, ignore_errors=True)
+        for run in (long_run, short_run, rerun):
+            if run.error:
+                print(f"  ! {scenario.name} / dl {mode} {run.what}: {run.error}", flush=True)
+        runs_by_mode[mode] = [long_run, short_run, rerun]
+        raw.append({"mode": mode, "runs": [dict(asdict(run), rate=run.rate, late_rate=run.late_rate)
+                                           for run in (long_run, short_run, rerun)]})
+    verdicts += print_list_report(scenario, runs_by_mode)
+    print(f"({scenario.name} took {time.perf_counter() - started:.0f} s; each run once; files counted in the "
+          f"output folder; rates from the start of the process)")
+    return verdicts, raw
+
+
+def list_verdicts(scenario: ListScenario, mode: str, files_per_s: float, long_run: ListRun,
+                  short_run: ListRun, rerun: ListRun) -> list[tuple[str, str, str]]:
+    """(target, PASS|FAIL|SKIP, detail) for one engine's three runs."""
+    def judged(name: str, ok: bool | None, detail: str, *depends: ListRun) -> tuple[str, str, str]:
+        broken = [run for run in depends if run.error]
+        if broken:
+            return name, "FAIL", f"{broken[0].what}: {broken[0].error}"
+        return name, "SKIP" if ok is None else "PASS" if ok else "FAIL", detail
+
+    window = f"first {scenario.window:g} s"
+    rate, short_rate = long_run.rate or 0.0, short_run.rate or 0.0
+    matched = long_run.rate_at("match") or 0.0
+    spread = min(matched, short_rate) / max(matched, short_rate) if matched and short_rate else 0.0
+    same_span = (f"both over their first {short_run.seconds:.1f} s" if "match" in long_run.samples
+                 else f"both over the {window}")
+    peak = max(run.maxrss for run in (long_run, short_run, rerun))
+    skip_rate = scenario.short / rerun.wall if rerun.wall else 0.0
+    return [
+        judged("exits 130 on SIGINT", long_run.rc == 130 if long_run.interrupted else None,
+               f"exit status {long_run.rc}" if long_run.interrupted else "ended before the window", long_run),
+        judged(f"files/s over the {window} of the {scenario.long:,} list >= {files_per_s:g}",
+               rate >= files_per_s, f"{rate:,.0f} files/s = {rate / files_per_s:.2f}x the target", long_run),
+        judged(f"{scenario.long:,} vs {scenario.short:,} list rates within {scenario.rate_spread:.0%}",
+               spread >= 1 - scenario.rate_spread,
+               f"{matched:,.0f} vs {short_rate:,.0f} files/s {same_span} = "
+               f"{matched / short_rate if short_rate else 0:.2f}x",
+               long_run, short_run),
+        judged(f"peak RSS < {scenario.max_rss / 1e6:g} MB", peak < scenario.max_rss,
+               ", ".join(f"{run.what} {run.maxrss / 1e6:.1f} MB" for run in (long_run, short_run, rerun)
+                         if run.maxrss)),
+        judged(f"re-run skips >= {scenario.skip_rate:,.0f} URLs/s", skip_rate >= scenario.skip_rate,
+               f"{skip_rate:,.0f} URLs/s = {skip_rate / scenario.skip_rate:.2f}x the target", rerun),
+        judged("re-run sends no request", rerun.requests == 0, f"nginx answered {rerun.requests} requests", rerun),
+    ]
+
+
+def print_list_report(scenario: ListScenario, runs_by_mode: dict[str, list[ListRun]]) -> list[dict]:
+    print(f"\n== {scenario.name}: {scenario.title}")
+    print(f"{'tool':<10} {'run':<18} {'files/s':>9} {'2nd half':>9} {'files':>9} {'seconds':>8} "
+          f"{'cpu':>8} {'cpu/file':>12} {'peak RSS':>9} {'exit':>5}")
+    verdicts = []
+    for mode, files_per_s in scenario.modes:
+        if mode not in runs_by_mode:
+            continue
+        label = f"dl {mode}"
+        for run in runs_by_mode[mode]:
+            rate = "-" if run.rate is None else f"{run.rate:,.0f}"
+            late = "-" if run.late_rate is None else f"{run.late_rate:,.0f}"
+            rc = "-" if run.rc is None else str(run.rc)
+            print(f"{label:<10} {run.what:<18} {rate:>9} {late:>9} {run.files:>9,} {run.seconds:>8.1f} "
+                  f"{run.cpu:>8.1f} {fmt_metric('cpu_per_file', run.cpu_per_file):>12} "
+                  f"{run.maxrss / 1e6:>6.1f} MB {rc:>5}")
+        for target, status, detail in list_verdicts(scenario, mode, files_per_s, *runs_by_mode[mode]):
+            print(f"  {label}: {target}: {status} ({detail})")
+            verdicts.append({"variant": label, "target": target, "status": status, "detail": detail})
+    return verdicts
 
 
 # ---------------------------------------------------------------------------------------------
@@ -800,7 +1278,10 @@ def verdict(target: Target, scenario: Scenario, outcomes: dict[str, Outcome]) ->
         return "SKIP", f"no clean runs of {target.ref}"
     bound = target.factor * ref
     ok = value < bound if target.strict else value <= bound
-    return ("PASS" if ok else "FAIL"), f"{value:.3f} s vs {bound:.3f} s"
+    detail = f"{fmt_metric(target.metric, value)} vs {fmt_metric(target.metric, bound)}"
+    if target.ref != "abs":
+        detail += f", {value / ref:.2f}x {target.ref}" if ref else ""
+    return ("PASS" if ok else "FAIL"), detail
 
 
 def best_peer(scenario: Scenario, outcomes: dict[str, Outcome]) -> Outcome | None:
@@ -814,9 +1295,10 @@ def print_report(scenario: Scenario, outcomes: list[Outcome]) -> list[dict]:
     by_label = {outcome.label: outcome for outcome in outcomes}
     best = best_peer(scenario, by_label)
     limit = f"; theoretical limit {scenario.limit:.2f} s" if scenario.limit else ""
+    per_file = scenario.data is not None and scenario.data.count >= MANY_FILES
     print(f"\n== {scenario.name}: {scenario.title}{limit}")
-    header = (f"{'tool':<20} {'wall med':>9} {'cpu med':>9} {'runs ok':>8} {'vs best peer':>13} "
-              f"{'vs limit':>9}")
+    header = (f"{'tool':<20} {'wall med':>9} {'cpu med':>9}{f' {CPU_PER_FILE:>12}' if per_file else ''} "
+              f"{'runs ok':>8} {'vs best peer':>13} {'vs limit':>9}")
     print(header + "  targets")
     verdicts = []
     for variant in scenario.variants:
@@ -835,7 +1317,8 @@ def print_report(scenario: Scenario, outcomes: list[Outcome]) -> list[dict]:
                 marks.append(f"{target.describe()}: {status} ({detail})")
                 verdicts.append({"variant": variant.label, "target": target.describe(), "status": status,
                                  "detail": detail})
-        print(f"{variant.label:<20} {fmt_seconds(wall):>9} {fmt_seconds(cpu):>9} {ok_runs:>8} "
+        cpu_file = f" {fmt_metric('cpu_per_file', outcome.median('cpu_per_file')):>12}" if per_file else ""
+        print(f"{variant.label:<20} {fmt_seconds(wall):>9} {fmt_seconds(cpu):>9}{cpu_file} {ok_runs:>8} "
               f"{vs_peer:>13} {vs_limit:>9}  {'; '.join(marks)}")
     if best:
         print(f"(best peer: {best.label})")
@@ -843,6 +1326,11 @@ def print_report(scenario: Scenario, outcomes: list[Outcome]) -> list[dict]:
         if outcome.runs and outcome.runs[0].server:
             print(f"  {outcome.label}, run 1: {outcome.runs[0].server}")
     return verdicts
+
+
+MANY_FILES = 100
+"""From this many files a scenario's table has a CPU-per-file column."""
+CPU_PER_FILE = "cpu/file med"
 
 
 def fmt_seconds(value: float | None) -> str:
@@ -871,8 +1359,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the 503s come from: the project's mock server (deterministic, "
                              "restarted before each run), nginx (split_clients on $request_id, random) "
                              "or auto: the mock server when downloader.mockserver imports")
+    parser.add_argument("--scratch", type=Path, default=BENCH, metavar="DIR",
+                        help="folder the downloads are written under (default .bench); a tmpfs such as "
+                             "/dev/shm keeps a busy shared disk out of the CPU per file")
     args = parser.parse_args(argv)
     runs = args.runs or (1 if args.quick else 5)
+    args.scratch = args.scratch.resolve()
 
     chosen = scenarios(args.quick)
     if args.only:
@@ -885,8 +1377,9 @@ def main(argv: list[str] | None = None) -> int:
 
     ensure_tools()
     BENCH.mkdir(exist_ok=True)
-    options = downloader_options()
-    print(f"downloader CLI: {'found' if options is not None else 'NOT AVAILABLE, its runs are skipped'}")
+    cli = downloader_features()
+    print(f"downloader CLI: {'found' if cli is not None else 'NOT AVAILABLE, its runs are skipped'}"
+          + (f", modes {', '.join(sorted(cli.modes))}" if cli else ""))
     every_set = {s.name: s.data for s in scenarios(args.quick)}
     small, medium = every_set["many-small"], every_set["segmented-slow"]  # the server checks use them
     needed = {small, medium} | {scenario.data for scenario in chosen if scenario.data}
@@ -895,6 +1388,7 @@ def main(argv: list[str] | None = None) -> int:
 
     report = {"machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "python": PYTHON, "runs": runs, "quick": args.quick},
+              "scratch": str(args.scratch),
               "server": {"delay_s": DELAY, "slow_rate_bytes_s": SLOW_RATE, "fail_rate": FAIL_RATE,
                          "faults": "mock" if use_mock else "nginx"},
               "checks": [], "scenarios": []}
@@ -917,16 +1411,29 @@ def main(argv: list[str] | None = None) -> int:
         report["checks"] = [asdict(check) for check in checks]
         for scenario in chosen:
             print(f"\nrunning {scenario.name} ...", flush=True)
-            outcomes = run_scenario(scenario, urls, digests.get(scenario.data, {}), runs, options, mock)
+            many_files = isinstance(scenario, ListScenario) or scenario.data and scenario.data.count >= MANY_FILES
+            file_costs = {"before": print_file_cost(args.scratch, "before")} if many_files else {}
+            if isinstance(scenario, ListScenario):
+                verdicts, raw = run_list_scenario(scenario, nginx, cli, args.scratch)
+                file_costs["after"] = print_file_cost(args.scratch, "after")
+                all_good &= all(v["status"] != "FAIL" for v in verdicts)
+                report["scenarios"].append({"name": scenario.name, "title": scenario.title,
+                                            "verdicts": verdicts, "modes": raw, "file_cost": file_costs})
+                continue
+            outcomes = run_scenario(scenario, urls, digests.get(scenario.data, {}), runs, cli, mock, args.scratch)
             verdicts = print_report(scenario, outcomes)
+            if many_files:
+                file_costs["after"] = print_file_cost(args.scratch, "after")
             all_good &= all(v["status"] != "FAIL" for v in verdicts)
             all_good &= not any(outcome.failures for outcome in outcomes)
             report["scenarios"].append({
                 "name": scenario.name, "title": scenario.title, "limit_s": scenario.limit,
-                "verdicts": verdicts,
+                "verdicts": verdicts, "file_cost": file_costs,
                 "variants": [{"label": o.label, "argv": o.argv, "skipped": o.skipped,
                               "median_wall_s": o.median("wall"), "median_cpu_s": o.median("cpu"),
-                              "runs": [dict(asdict(run), cpu=run.cpu) for run in o.runs]}
+                              "median_cpu_per_file_s": o.median("cpu_per_file"),
+                              "runs": [dict(asdict(run), cpu=run.cpu, cpu_per_file=run.cpu_per_file)
+                                       for run in o.runs]}
                              for o in outcomes]})
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
