@@ -142,7 +142,7 @@ class Downloader:
                           want_sha256=opts.manifest is not None, proxies=proxies, logins=netrc_logins(),
                           signal_handler=self._on_signal)
             ctx.post_submit = post.submit if post else recorder.record
-            ctx.post_submit_async = post.submit_async if post else _as_async(recorder.record)
+            ctx.post_submit_async = post.submit_async if post else None
             engine = self._engine = _engine(opts.mode)(ctx, opts.jobs)
             if scheduler.stopping:
                 engine.stop()
@@ -393,12 +393,6 @@ class _PostAdapter:
 
     def cancel(self) -> None:
         self.stage.cancel()
-
-
-def _as_async(fn):
-    async def call(result):
-        fn(result)
-    return call
 
 
 def _engine(mode: str):

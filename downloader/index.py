@@ -13,8 +13,8 @@ import os
 import sqlite3
 import threading
 from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from .core.naming import STATE_DIR, STATE_SUFFIX, disambiguate
 from .core.redirects import redact, url_key
@@ -35,9 +35,8 @@ CREATE TABLE IF NOT EXISTS files (
 )"""
 
 
-@dataclass(frozen=True)
-class Entry:
-    """What the index knows of one URL."""
+class Entry(NamedTuple):
+    """What the index knows of one URL (a named tuple: a re-run builds one per URL)."""
 
     name: str
     """Path relative to the output folder ("isos/debian.iso")."""
@@ -138,7 +137,7 @@ class Index:
         try:
             with self._lock:
                 with self._transaction():
-                    names = [self._claim(self.key(url), name) for url, name in wants]
+                    names = [self._claim(self.key(url), name, known_absent=True) for url, name in wants]
                 self._flush_locked()
         except sqlite3.Error as exc:
             raise DiskError(f"cannot record file names in {self.path}: {exc}",
@@ -164,21 +163,27 @@ class Index:
             rows = self._db.execute("SELECT url, name, complete, size, sha256 FROM files WHERE url IN "
                                     f"({','.join('?' * len(part))})", part)
             for url, name, complete, size, sha256 in rows:
-                found[url] = Entry(name, bool(complete), size, sha256)
+                found[url] = Entry(name, complete == 1, size, sha256)
         return found
 
-    def _claim(self, url: str, name: str) -> str:
-        row = self._db.execute("SELECT name FROM files WHERE url=?", (url,)).fetchone()
-        if row and row[0] == name:
-            return name
-        if row:
-            self._db.execute("DELETE FROM files WHERE url=?", (url,))
+    def _claim(self, url: str, name: str, known_absent: bool = False) -> str:
+        """`known_absent`: the caller has just seen no row for `url` (a batch of new URLs), so the
+        insert is tried first; another process may still have claimed it since, which the
+        failed insert tells."""
+        if not known_absent:
+            row = self._db.execute("SELECT name FROM files WHERE url=?", (url,)).fetchone()
+            if row and row[0] == name:
+                return name
+            if row:
+                self._db.execute("DELETE FROM files WHERE url=?", (url,))
         candidate, salt = name, url
         while True:
             try:
                 self._db.execute("INSERT INTO files (url, name) VALUES (?, ?)", (url, candidate))
                 return candidate
             except sqlite3.IntegrityError:
+                if known_absent:  # the URL itself may be taken (another process): do it the long way
+                    return self._claim(url, name)
                 folder, slash, base = name.rpartition("/")
                 candidate, salt = folder + slash + disambiguate(base, salt), salt + "#"
 

@@ -23,12 +23,11 @@ import os
 import select
 import stat
 import threading
-from dataclasses import replace
 from typing import Callable, Iterable, Iterator
 
 from .config import Options
 from .core.digests import Expected, parse_checksum
-from .core.existing import FETCH, SKIP, VERIFY, Known, after_hashing, on_disk
+from .core.existing import FETCH, SKIP, VERIFY, after_hashing, on_disk
 from .core.naming import relative_target
 from .core.redirects import split_userinfo
 from .core.results import SKIPPED, Result
@@ -111,6 +110,7 @@ class Intake:
         self._started = False
         self._aborted = False
         self._dest = str(options.dest)
+        self._prefix = os.path.join(self._dest, "")
         self._checksum = parse_checksum(options.checksum) if options.checksum else None
 
     # ------------------------------------------------------------------ the hand-over
@@ -204,7 +204,7 @@ class Intake:
 
     def _on_disk(self, job: Job, name: str, entry) -> Job | None:
         """The job to fetch, or None when its file is already there (then its result is sent)."""
-        path = name if self._dest == "." else os.path.join(self._dest, name)
+        path = name if self._dest == "." else self._prefix + name
         if self.options.overwrite:
             present = None
         else:
@@ -212,8 +212,7 @@ class Intake:
                 present = os.stat(path).st_size
             except OSError:
                 present = None
-        known = Known(entry.complete, entry.size, entry.sha256) if entry is not None else None
-        verdict = on_disk(known, present, self._digests(job, name), self.options.check_integrity)
+        verdict = on_disk(entry, present, self._digests(job, name), self.options.check_integrity)
         if verdict.action == VERIFY:
             verdict = after_hashing(verdict.expected, self._hash(path, {e.algorithm for e in verdict.expected}))
             self.checked += 1
@@ -224,11 +223,13 @@ class Intake:
             self.on_result(Result(url=job.url, status=SKIPPED, path=path, size=present, line=job.line))
             return None
         assert verdict.action == FETCH
-        return replace(job, target=name, host=host_of(job.url), resume=entry is not None or self.index.orphans,
-                       replace=verdict.reason or None)
+        return Job(job.url, job.line, job.name, job.subdir, job.headers, job.checksum, name, host_of(job.url),
+                   entry is not None or self.index.orphans, verdict.reason or None)
 
     def _digests(self, job: Job, name: str) -> list[Expected]:
         """What the user said this URL's bytes must hash to."""
+        if not (job.checksum or self._checksum or self.sums):
+            return []
         found = []
         if job.checksum:
             found.append(parse_checksum(job.checksum, "checksum= in the URL file"))

@@ -43,6 +43,7 @@ from .errors import ChecksumMismatch, DiskError, HTTPStatusError, IncompleteBody
 from .index import Index
 from .sink import PartFile, PrefixHasher, StreamHasher, WriteBehind, file_digests
 
+_NO_DIGESTS: dict[str, str] = {}
 WRITE_BEHIND_AFTER = 4 << 20
 """Files at least this large are written by a thread of their own (sink.WriteBehind)."""
 PIECE_RANGE = (256 << 10, 16 << 20)
@@ -59,6 +60,11 @@ the user chose for their network, so a request never costs more in round trips t
 class Context:
     """What every transfer of a batch shares."""
 
+    def __post_init__(self) -> None:
+        dest = str(self.options.dest)
+        self.dest_prefix = os.path.join(dest, "")
+        self.shown_prefix = "" if dest == "." else self.dest_prefix
+
     options: Options
     index: Index
     scheduler: Scheduler
@@ -73,7 +79,8 @@ class Context:
     post_submit: Callable[[Result], None] = lambda result: None
     """Where a finished job's Result goes (the post stage, then the report); engines call it."""
     post_submit_async: Callable[[Result], Awaitable[None]] | None = None
-    """The same for the async engine, waiting without blocking the loop."""
+    """The same for the async engine, waiting without blocking the loop (None: `post_submit`
+    never waits, so the engine calls it directly)."""
     logins: dict = field(default_factory=dict)
     """Logins by host from the user's netrc file (core.redirects.netrc_logins)."""
     proxies: Proxies = field(default_factory=Proxies)
@@ -81,6 +88,10 @@ class Context:
     signal_handler: Callable | None = None
     """What SIGINT and SIGTERM call. The API installs it for the whole batch; the async engine
     also hands it to its event loop, so a signal wakes the loop at once."""
+    dest_prefix: str = ""
+    """The output folder as a path prefix for file operations ("out/", "./"), made once."""
+    shown_prefix: str = ""
+    """...and as results show it ("out/", "" for the current folder)."""
     write_behind: bool = False
     """Write big files on a thread of their own (sink.WriteBehind). The async engine asks for it:
     its one thread must not spend itself copying into the page cache. Thread workers do their
@@ -100,48 +111,53 @@ def claim_name(index: Index, job: Job) -> str:
 class Transfer:
     """The state of one file's download across its connections and tries."""
 
+    # Defaults live on the class: a tiny file's transfer sets only what it changes (a long list
+    # makes one Transfer per URL, so its construction is on the per-URL budget).
+    name: str | None = None
+    part: PartFile | None = None
+    size: int | None = None
+    validator = Validator()
+    plan: SegmentPlan | None = None
+    layout = "stream"
+    hasher: StreamHasher | None = None
+    """Digests of a one-stream file, fed as its bytes stream in."""
+    prefix_hasher: PrefixHasher | None = None
+    """Digests of a segmented file, following its on-disk prefix."""
+    writer: WriteBehind | None = None
+    expected: list[Expected] = []
+    """Every digest the file must match: the user's (`_static`) and the server's."""
+    _static: list[Expected] = []
+    requests = 0
+    received = 0
+    """Bytes of bodies taken in this run (what the progress display counts)."""
+    _written_before = 0
+    http_status: int | None = None
+    http_version: str | None = None
+    """The protocol of the last response ("1.1", "2"), as the engine saw it."""
+    error: TransferError | None = None
+    restart_reason: str | None = None
+    restarts = 0
+    skipped = False
+    crossed_hosts = False
+    """Once a redirect left the first host, credentials stay behind for good."""
+    _active = 0
+    _closed = False
+    _bar_open = False
+    _sized = False
+
     def __init__(self, job: Job, ctx: Context, host: str) -> None:
         self.job = job
         self.ctx = ctx
         self.host = host
         self.url, self.url_auth = split_userinfo(job.url)
+        """Where requests go (without `user:password@`, sent as a header instead): the URL after
+        the first response's redirects."""
         if not self.url_auth and ctx.logins:
             login = ctx.logins.get((urlsplit(self.url).hostname or "").lower()) or ctx.logins.get("")
             self.url_auth = basic_auth(*login) if login else ()
-        """Where requests go (without `user:password@`, sent as a header instead): the URL after
-        the first response's redirects."""
         self.first_url = self.url
-        self.crossed_hosts = False
-        """Once a redirect left the first host, credentials stay behind for good."""
-        self.name: str | None = None
-        self.part: PartFile | None = None
-        self.size: int | None = None
-        self.validator = Validator()
-        self.plan: SegmentPlan | None = None
-        self.layout = "stream"
-        self.hasher: StreamHasher | None = None
-        """Digests of a one-stream file, fed as its bytes stream in."""
-        self.prefix_hasher: PrefixHasher | None = None
-        """Digests of a segmented file, following its on-disk prefix."""
-        self.writer: WriteBehind | None = None
-        self.expected: list[Expected] = []
-        self.requests = 0
-        self.received = 0
-        """Bytes of bodies taken in this run (what the progress display counts)."""
-        self._written_before = 0
-        self.http_status: int | None = None
-        self.http_version: str | None = None
-        """The protocol of the last response ("1.1", "2"), as the engine saw it."""
-        self.error: TransferError | None = None
-        self.restart_reason: str | None = None
-        self.restarts = 0
-        self.skipped = False
         self.started = time.monotonic()
-        self._active = 0
-        self._closed = False
         self._lock = threading.Lock()
-        self._bar_open = False
-        self._sized = False
 
     # ---------------------------------------------------------------- before the first request
     @property
@@ -178,15 +194,16 @@ class Transfer:
 
     def _path(self) -> str:
         """Where the file goes, as the output folder was given ("out/a.iso", or "a.iso" for ".")."""
-        dest = str(self.dest)
-        return self.name if dest == "." else os.path.join(dest, self.name)
+        return self.ctx.shown_prefix + self.name
 
     def _set_name(self, name: str) -> None:
         self.name = name
-        self.part = PartFile(os.path.join(self.dest, name))
-        self.expected = self._static_digests()
+        self.part = PartFile(self.ctx.dest_prefix + name)
+        self.expected = self._static = self._static_digests()
 
     def _static_digests(self) -> list[Expected]:
+        if not (self.job.checksum or self.ctx.options.checksum or self.ctx.sums):
+            return []
         found = []
         if self.job.checksum:
             found.append(parse_checksum(self.job.checksum, "checksum= in the URL file"))
@@ -235,10 +252,10 @@ class Transfer:
         """URL and headers for the next try on `seg`."""
         self.requests += 1
         opts = self.ctx.options
-        given = tuple(opts.headers) + tuple(self.job.headers)
+        given = opts.headers + self.job.headers if self.job.headers else opts.headers
         if self.url_auth and not any(k.lower() == "authorization" for k, _ in given):
             given = self.url_auth + given
-        user = headers_for(given, self.crossed_hosts)
+        user = headers_for(given, self.crossed_hosts) if given else ()
         headers = [("Accept-Encoding", "identity")]
         if self.plan is not None and not self.validator.if_range():
             self._reset_stream(seg)
@@ -252,6 +269,8 @@ class Transfer:
             req_end = self.plan.request(seg, self.piece if self.layout == "segments" else None)
             headers.append(("Range", range_header(seg.cursor, None if req_end >= self.plan.size else req_end)))
             headers.append(("If-Range", self.validator.if_range()))
+        if not user:
+            return self.url, headers
         names = {k.lower() for k, _ in user}
         return self.url, [h for h in headers if h[0].lower() not in names] + list(user)
 
@@ -308,7 +327,7 @@ class Transfer:
         connections = self._max_connections(ranges)
         self.layout = "segments" if connections > 1 else "stream"
         whole = status == 200 or (ranged_end is not None and ranged_end == size)
-        self.expected = self._static_digests() + server_digests(200 if whole else status, headers)
+        self.expected = self._static + server_digests(200 if whole else status, headers)
         self.part.open(fresh=True)
         total = self.size if self.size is not None else UNKNOWN_END
         seg.end = total
@@ -569,9 +588,9 @@ class Transfer:
         return self._result(INTERRUPTED, error="interrupted: run the same command again to resume")
 
     def _verify(self) -> dict[str, str]:
+        if not self.expected and not self.ctx.want_sha256:
+            return _NO_DIGESTS
         algorithms = self._algorithms()
-        if not algorithms:
-            return {}
         digests = None
         if self.hasher is not None and self.hasher.fed == self.size:
             digests, self.hasher = self.hasher.hexdigests(), None

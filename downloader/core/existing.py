@@ -1,8 +1,9 @@
 """What to do about a file already under its final name: count it as there, check it, or fetch it
 again. Decisions only; the caller stats and hashes.
 
+    >>> from types import SimpleNamespace as Known
     >>> on_disk(Known(complete=True, size=10, sha256=None), present_size=10, digests=(), check_integrity=False)
-    Verdict(action='skip', reason='')
+    Verdict(action='skip', reason='', expected=())
     >>> on_disk(Known(complete=True, size=10, sha256=None), present_size=7, digests=(), check_integrity=False).action
     'fetch'
 
@@ -15,16 +16,16 @@ also hashes every file the index has a sha256 for.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Protocol, Sequence
 
 from .digests import Expected
 
 SKIP, FETCH, VERIFY = "skip", "fetch", "verify"
+_SKIP = _FETCH = None  # set below: the plain verdicts, shared (asked for once per URL of a long list)
 
 
-@dataclass(frozen=True)
-class Known:
-    """What the index recorded for a URL."""
+class Known(Protocol):
+    """What the index recorded for a URL (index.Entry is one)."""
 
     complete: bool
     size: int | None
@@ -47,7 +48,7 @@ def on_disk(known: Known | None, present_size: int | None, digests: Sequence[Exp
     """The verdict on a URL's final name: `present_size` is the size of the file under it (None
     when there is none), `digests` what the user said the bytes must hash to."""
     if present_size is None:
-        return Verdict(FETCH)
+        return _FETCH
     if known is not None and known.complete and known.size is not None and known.size != present_size:
         return Verdict(FETCH, f"it has {present_size:,} bytes, not the {known.size:,} it was downloaded with")
     expected = tuple(digests)
@@ -56,7 +57,7 @@ def on_disk(known: Known | None, present_size: int | None, digests: Sequence[Exp
         expected += (Expected("sha256", known.sha256, "the index"),)
     if expected:
         return Verdict(VERIFY, expected=expected)
-    return Verdict(SKIP)
+    return _SKIP
 
 
 def after_hashing(expected: Sequence[Expected], actual: dict[str, str]) -> Verdict:
@@ -67,4 +68,7 @@ def after_hashing(expected: Sequence[Expected], actual: dict[str, str]) -> Verdi
                     "sha512": "sha-512"}.get(e.algorithm, e.algorithm)
             return Verdict(FETCH, f"it did not match the expected {name}"
                            + (" (--check-integrity)" if e.source == "the index" else ""))
-    return Verdict(SKIP)
+    return _SKIP
+
+
+_SKIP, _FETCH = Verdict(SKIP), Verdict(FETCH)

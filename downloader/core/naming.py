@@ -18,6 +18,7 @@ import unicodedata
 from urllib.parse import unquote, urlsplit
 
 from .headers import header_text
+from .urls import plain_parts
 
 PART_SUFFIX = ".part"
 STATE_SUFFIX = ".part.state"
@@ -66,16 +67,20 @@ def name_from_content_disposition(value: str | None) -> str | None:
 
 def name_from_url(url: str) -> str:
     """The last path segment of a URL, percent-decoded, without the query; `index.html` if empty."""
-    path = urlsplit(url).path
-    segment = unquote(path.rsplit("/", 1)[-1], errors="replace")
+    plain = plain_parts(url)
+    path = plain[2] if plain is not None else urlsplit(url).path
+    segment = path.rsplit("/", 1)[-1]
+    if "%" in segment:
+        segment = unquote(segment, errors="replace")
     return segment or "index.html"
 
 
 def safe_name(raw: str) -> str:
     """Make any string one safe path component (see the module docstring)."""
     name = raw.replace("\\", "/").rsplit("/", 1)[-1]
-    name = "".join("_" if (unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") or c == "\x7f")
-                   else c for c in name)
+    if not name.isprintable():  # printable rules out every category replaced here (most names are)
+        name = "".join("_" if (unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp") or c == "\x7f")
+                       else c for c in name)
     name = name.strip().rstrip(".").strip()
     if not name or set(name) <= {"."}:
         name = "_"

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
 
 from .sources import Job
+from .urls import plain_parts
 
 WAIT = object()
 """`poll()`'s answer when the worker should wait for `wake()`."""
@@ -49,6 +50,9 @@ class Help:
 
 
 def host_of(url: str) -> str:
+    plain = plain_parts(url)
+    if plain is not None:
+        return plain[0]
     return (urlsplit(url).hostname or "").lower()
 
 
@@ -138,12 +142,14 @@ class Scheduler:
                 if self._host_free(host) and transfer.can_help():
                     segment = transfer.claim(joining=True)
                     if segment is not None:
-                        self._hosts[host] += 1
+                        if self.per_host is not None:
+                            self._hosts[host] += 1
                         return Help(transfer, segment, host)
             job = self._next_job()
             if job is not None:
                 host = job.host or host_of(job.url)
-                self._hosts[host] += 1
+                if self.per_host is not None:
+                    self._hosts[host] += 1
                 self._in_flight += 1
                 self._unsized += 1
                 return Start(job, host)
@@ -185,12 +191,16 @@ class Scheduler:
         with self._lock:
             self._unsized -= 1
 
-    def connection_done(self, host: str) -> None:
-        """A worker stopped using a connection to `host`."""
+    def connection_done(self, host: str, job_done: bool = False) -> None:
+        """A worker stopped using a connection to `host`; with `job_done`, the job it worked on
+        has ended too (its result is recorded)."""
         with self._lock:
-            self._hosts[host] -= 1
-            if self._hosts[host] <= 0:
-                del self._hosts[host]
+            if self.per_host is not None:
+                self._hosts[host] -= 1
+                if self._hosts[host] <= 0:
+                    del self._hosts[host]
+            if job_done:
+                self._in_flight -= 1
         self.wake()
 
     def job_done(self) -> None:

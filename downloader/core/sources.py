@@ -22,11 +22,13 @@ arrives after its URL was sent on that way is rejected with a line that says so.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 from urllib.parse import urlsplit
 
 from .digests import parse_checksum
+from .urls import plain_parts
 
 OPTION_KEYS = ("out", "dir", "header", "checksum")
 """The aria2 per-URL options this tool applies."""
@@ -91,9 +93,16 @@ class Notice:
         return f"line {self.line}: {self.text}"
 
 
+_SPACE_OR_SURROGATE = re.compile(r"[\s\ud800-\udfff]")
+
+
 def url_problem(text: str) -> str | None:
     """Why `text` is not an http(s) URL with a host, or None when it is one."""
-    if any(c.isspace() for c in text):
+    bad = _SPACE_OR_SURROGATE.search(text)
+    if bad is None:
+        if plain_parts(text) is not None:  # the common case, without urlsplit
+            return None
+    elif bad.group().isspace():
         return "not a URL (contains white space)"
     try:
         parts = urlsplit(text)
@@ -178,6 +187,8 @@ def _apply_option(pending: dict, number: int, key: str, value: str) -> Iterator[
 
 
 def _finish(pending: dict) -> Job:
+    if len(pending) == 3 and not pending["headers"]:  # a URL without options: most lines
+        return Job(pending["url"], pending["line"])
     return Job(url=pending["url"], line=pending["line"], name=pending.get("name"),
                subdir=pending.get("subdir"), headers=tuple(pending["headers"]),
                checksum=pending.get("checksum"))

@@ -101,11 +101,12 @@ def _through_proxy(proxy: str | None, url: str, headers: list):
     return bare, headers + credentials, None
 
 
-async def read_body_async(resp, chunk_size: int):
-    """The body in chunks of up to `chunk_size` bytes, as raw bytes on the wire."""
+async def read_chunk_async(resp, chunk_size: int) -> bytes:
+    """The next bytes of the body as they arrive (at most `chunk_size`; b"" at its end), raw
+    as on the wire. What arrived is handed over at once, not held until a whole chunk is in,
+    so bytes that came before a stall reach the file, as in every engine."""
     try:
-        async for data in resp.content.iter_chunked(chunk_size):
-            yield data
+        return await resp.content.read(chunk_size)
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
         raise translate(exc) from exc
 
@@ -121,7 +122,7 @@ async def fetch_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Con
             try:
                 if not t.accept(seg, resp.status, resp.reason or "", resp.headers):
                     return
-                async for chunk in read_body_async(resp, ctx.options.chunk_size):
+                while chunk := await read_chunk_async(resp, ctx.options.chunk_size):
                     pause = t.write(seg, chunk)
                     if pause is None:
                         break
@@ -179,11 +180,13 @@ async def worker_async(session: aiohttp.ClientSession, ctx: Context, engine: "As
             assert isinstance(work, Help)
             outcome = await run_connection_async(session, work.transfer, work.segment, ctx, engine.stop_event)
             t = work.transfer
-        ctx.scheduler.connection_done(work.host)
         if outcome is not None:
             engine.untrack(t)
-            await ctx.post_submit_async(outcome)
-            ctx.scheduler.job_done()
+            if ctx.post_submit_async is not None:
+                await ctx.post_submit_async(outcome)
+            else:
+                ctx.post_submit(outcome)
+        ctx.scheduler.connection_done(work.host, job_done=outcome is not None)
 
 
 class AsyncEngine:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import heapq
 import os
-import selectors
+import select
 import threading
 import time
 from collections import deque
@@ -41,6 +41,9 @@ BUFFER_BUDGET = 64 << 20
 but never more than its share of this, so -j 1000 does not cost 256 MB."""
 
 _STALL = "no data for the stall timeout (--timeout)"
+_EPOLL_EVENTS = {pycurl.POLL_NONE: 0, pycurl.POLL_IN: select.EPOLLIN, pycurl.POLL_OUT: select.EPOLLOUT,
+                 pycurl.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT, pycurl.POLL_REMOVE: 0}
+_READABLE = select.EPOLLIN | select.EPOLLHUP
 
 
 def translate(code: int, message: str, *, proxy: str | None = None, connected: bool = True, os_errno: int = 0,
@@ -122,7 +125,9 @@ class Connection:
         self.requests = 0
         """Requests sent on this connection (a timer set for one request ignores the next)."""
         opts = engine.ctx.options
-        curl.setopt(pycurl.HEADERFUNCTION, self._on_header)
+        self.lines: list[bytes] = []
+        self.parsed = self.decided = False
+        curl.setopt(pycurl.HEADERFUNCTION, self.lines.append)
         curl.setopt(pycurl.WRITEFUNCTION, self._on_body)
         curl.setopt(pycurl.FOLLOWLOCATION, 0)
         curl.setopt(pycurl.NOSIGNAL, 1)
@@ -149,52 +154,61 @@ class Connection:
         # another; over plain http there is none, and libcurl would wait for the busy one to end
         curl.setopt(pycurl.PIPEWAIT, url[:6].lower() == "https:")
         self.tunnel, self.tunnel_answer = self.proxy is not None and url[:6].lower() == "https:", None
+        self.lines.clear()
         self.status, self.reason, self.headers = 0, "", Headers()
-        self.accepted = self.ended = False
+        self.parsed = self.decided = self.accepted = self.ended = False
         self.error = None
         self.requests += 1
         self.engine.add(self)
 
-    def _on_header(self, line: bytes):
-        """libcurl's header callback: one line of the response head at a time."""
-        try:
-            text = line.decode("latin-1").rstrip("\r\n")
-            if text.startswith("HTTP/"):
+    def _parse_head(self) -> None:
+        """The response's status and headers, from the lines libcurl handed over (it appends them
+        to `lines` itself: no Python call per header line). The last head is the answer; a proxy's
+        answer to CONNECT comes first, interim 1xx answers before the last."""
+        self.parsed = True
+        status, reason, headers = 0, "", Headers()
+        tunnel = self.tunnel
+        for raw in self.lines:
+            text = raw.decode("latin-1").rstrip("\r\n")
+            if text[:5] == "HTTP/":
                 parts = text.split(" ", 2)
-                self.status = int(parts[1])
-                self.reason = parts[2] if len(parts) > 2 else ""
-                self.headers = Headers()
-            elif text:
-                if text[0] in " \t" and self.headers:  # an obsolete folded line continues the last header
-                    last = next(reversed(self.headers))
-                    dict.__setitem__(self.headers, last, f"{self.headers[last]} {text.strip()}")
-                else:
-                    name, _, value = text.partition(":")
-                    self.headers.add(name.strip(), value.strip())
-            elif self.tunnel:  # the proxy's answer to CONNECT: the real answer follows if it is a 2xx
-                self.tunnel = False
-                if not 200 <= self.status < 300:
-                    self.tunnel_answer = f"{self.status} {self.reason}".strip()
-            elif 100 <= self.status < 200 or self.status in REDIRECT_STATUSES:
-                pass  # an interim answer, or a redirect whose body is dropped: the next one decides
-            elif not self.transfer.accept(self.seg, self.status, self.reason, self.headers):
-                self.ended = True
-                return 0
+                status, reason, headers = int(parts[1]), parts[2] if len(parts) > 2 else "", Headers()
+            elif not text:
+                if tunnel:  # the end of the proxy's answer to CONNECT: the real answer follows if 2xx
+                    tunnel = False
+                    if not 200 <= status < 300:
+                        self.tunnel_answer = f"{status} {reason}".strip()
+            elif text[0] in " \t" and headers:  # an obsolete folded line continues the last header
+                last = next(reversed(headers))
+                dict.__setitem__(headers, last, f"{dict.__getitem__(headers, last)} {text.strip()}")
             else:
-                self.accepted = True
-        except TransferError as exc:
-            self.error = exc
-            return 0
-        except Exception as exc:  # a bug must not vanish inside libcurl
-            self.error = TransferError(f"internal error: {exc!r}", retryable=False)
-            return 0
-        return None
+                name, _, value = text.partition(":")
+                headers.add(name.strip(), value.strip())
+        self.status, self.reason, self.headers = status, reason, headers
+
+    def _decide(self) -> None:
+        """What the answer means for the file (Transfer.accept), once its head is in."""
+        self.decided = True
+        status = self.status
+        if status < 200 or status in REDIRECT_STATUSES:
+            return  # no answer yet, an interim one, or a redirect (its body is dropped; done() follows it)
+        if self.transfer.accept(self.seg, status, self.reason, self.headers):
+            self.accepted = True
+        else:
+            self.ended = True
 
     def _on_body(self, data: bytes):
-        """libcurl's write callback: body bytes, into the file through the transfer."""
-        if not self.accepted:
-            return None  # a redirect's or an interim answer's body
+        """libcurl's write callback: body bytes, into the file through the transfer (the head is
+        complete when the first body bytes come)."""
         try:
+            if not self.decided:
+                if not self.parsed:
+                    self._parse_head()
+                self._decide()
+                if self.ended:
+                    return 0
+            if not self.accepted:
+                return None  # a redirect's body
             pause = self.transfer.write(self.seg, data)
         except TransferError as exc:
             self.error = exc
@@ -223,8 +237,12 @@ class Connection:
         t, seg = self.transfer, self.seg
         t.http_version = HTTP_VERSIONS.get(self.curl.getinfo(pycurl.INFO_HTTP_VERSION), t.http_version)
         try:
+            if not self.parsed:
+                self._parse_head()
             if self.error is not None:
                 raise self.error
+            if not code and not self.decided and not self.ended:  # an answer without a body
+                self._decide()
             if code and not self.ended:
                 curl = self.curl
                 raise translate(code, message, proxy=self.proxy, connected=curl.getinfo(pycurl.CONNECT_TIME) > 0,
@@ -322,11 +340,12 @@ class CurlEngine:
         self.multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self.multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
         self.multi.setopt(pycurl.M_PIPELINING, pycurl.PIPE_MULTIPLEX)
-        self.selector = selectors.DefaultSelector()
+        self.poller = select.epoll()
+        self._watched: set[int] = set()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         os.set_blocking(self._wake_w, False)
-        self.selector.register(self._wake_r, selectors.EVENT_READ)
+        self.poller.register(self._wake_r, select.EPOLLIN)
         self._woken = False
         self._loop_thread: int | None = None
         self._curl_deadline: float | None = None
@@ -347,18 +366,19 @@ class CurlEngine:
 
     # ------------------------------------------------------------------ libcurl's callbacks
     def _on_socket(self, what: int, fd: int, multi, data) -> None:
-        if what == pycurl.POLL_REMOVE:
+        """libcurl says which sockets to watch. A socket it stops watching (an idle connection
+        back in its pool) stays registered with no events, so reusing it costs one call, not two;
+        one it closed has left epoll by itself, and is registered anew if its number comes back."""
+        events = _EPOLL_EVENTS[what]
+        if fd in self._watched:
             try:
-                self.selector.unregister(fd)
-            except (KeyError, ValueError):
+                self.poller.modify(fd, events)
+                return
+            except FileNotFoundError:
                 pass
-            return
-        events = (selectors.EVENT_READ if what & pycurl.POLL_IN else 0) | \
-            (selectors.EVENT_WRITE if what & pycurl.POLL_OUT else 0)
-        try:
-            self.selector.modify(fd, events)
-        except KeyError:
-            self.selector.register(fd, events)
+        if what != pycurl.POLL_REMOVE:
+            self.poller.register(fd, events)
+            self._watched.add(fd)
 
     def _on_timer(self, ms: int) -> None:
         self._curl_deadline = None if ms < 0 else time.monotonic() + ms / 1000
@@ -395,11 +415,10 @@ class CurlEngine:
         """`conn` is done with its work item; `outcome` is the file's result when it ended it."""
         t = conn.transfer
         conn.transfer = conn.seg = None
-        self.ctx.scheduler.connection_done(conn.host)
         if outcome is not None:
             self._active.discard(t)
             self.ctx.post_submit(outcome)
-            self.ctx.scheduler.job_done()
+        self.ctx.scheduler.connection_done(conn.host, job_done=outcome is not None)
         self._free.append(conn)
 
     # ------------------------------------------------------------------ the loop
@@ -461,8 +480,7 @@ class CurlEngine:
         timeout = max(0.0, min(deadlines) - now) if deadlines else None
         if self._woken or self._calls:
             timeout = 0
-        for key, mask in self.selector.select(timeout):
-            fd = key.fd
+        for fd, mask in self.poller.poll(-1 if timeout is None else timeout):
             if fd == self._wake_r:
                 try:
                     while os.read(self._wake_r, 4096):
@@ -470,9 +488,9 @@ class CurlEngine:
                 except BlockingIOError:
                     pass
                 continue
-            action = (pycurl.CSELECT_IN if mask & selectors.EVENT_READ else 0) | \
-                (pycurl.CSELECT_OUT if mask & selectors.EVENT_WRITE else 0)
-            self._socket_action(fd, action)
+            self._socket_action(fd, (pycurl.CSELECT_IN if mask & _READABLE else 0)
+                                | (pycurl.CSELECT_OUT if mask & select.EPOLLOUT else 0)
+                                | (pycurl.CSELECT_ERR if mask & select.EPOLLERR else 0))
         if self._curl_deadline is not None and time.monotonic() >= self._curl_deadline:
             self._curl_deadline = None
             self._socket_action(pycurl.SOCKET_TIMEOUT, 0)
@@ -540,7 +558,7 @@ class CurlEngine:
         for conn in self._free:
             conn.curl.close()
         self.multi.close()
-        self.selector.close()
+        self.poller.close()
         os.close(self._wake_r)
         os.close(self._wake_w)
         if self._pool is not None:

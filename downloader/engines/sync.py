@@ -93,12 +93,12 @@ def open_response(session: requests.Session, t: Transfer, url: str, headers: lis
         hops += 1
 
 
-def read_body(resp, chunk_size: int):
-    """The body in chunks of up to `chunk_size` bytes, as raw bytes on the wire."""
-    raw = resp.raw
+def read_chunk(resp, chunk_size: int) -> bytes:
+    """The next bytes of the body as they arrive (at most `chunk_size`; b"" at its end), raw
+    as on the wire. What arrived is handed over at once, not held until a whole chunk is in,
+    so bytes that came before a stall reach the file, as in every engine."""
     try:
-        while data := raw.read(chunk_size, decode_content=False):
-            yield data
+        return resp.raw.read1(chunk_size, decode_content=False)
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
         raise translate(exc) from exc
 
@@ -113,7 +113,7 @@ def fetch(session: requests.Session, t: Transfer, seg, ctx: Context, stop: threa
             try:
                 if not t.accept(seg, resp.status_code, resp.reason, resp.headers):
                     return
-                for chunk in read_body(resp, ctx.options.chunk_size):
+                while chunk := read_chunk(resp, ctx.options.chunk_size):
                     pause = t.write(seg, chunk)
                     if pause is None:
                         break
@@ -165,11 +165,10 @@ def worker(ctx: Context, engine: "ThreadEngine") -> None:
                 assert isinstance(work, Help)
                 outcome = run_connection(session, work.transfer, work.segment, ctx, engine.stop_event)
                 t = work.transfer
-            ctx.scheduler.connection_done(work.host)
             if outcome is not None:
                 engine.untrack(t)
                 ctx.post_submit(outcome)
-                ctx.scheduler.job_done()
+            ctx.scheduler.connection_done(work.host, job_done=outcome is not None)
     finally:
         session.close()
 
