@@ -81,3 +81,21 @@ class DiskError(TransferError):
     def __init__(self, message: str, *, disk_full: bool = False) -> None:
         super().__init__(message, retryable=False)
         self.disk_full = disk_full
+
+
+def invalid_http(detail: str) -> TransferError:
+    """The one wording, in every engine, for an answer that breaks HTTP's rules (bad chunk sizes,
+    clashing Content-Length headers, a malformed header line): the libraries each say it their
+    own way, and the user should not have to learn three dialects. Retryable: a server or proxy
+    that garbles one answer often sends the next one right."""
+    text = " ".join(detail.split())
+    lowered = text.lower()
+    if "chunk" in lowered:
+        said = "a bad chunk size"
+    elif "content-length" in lowered:
+        said = "clashing Content-Length headers"
+    elif "header" in lowered or "colon" in lowered or "token" in lowered:
+        said = "a malformed header line"
+    else:
+        said = text[:100]
+    return TransferError(f"invalid HTTP from the server: {said}")

@@ -2,6 +2,7 @@
 If a behaviour holds for one engine it must hold for all."""
 from __future__ import annotations
 
+import gc
 import json
 
 import pytest
@@ -430,3 +431,34 @@ def test_raw_utf8_in_a_content_disposition_name_gives_the_same_name_in_every_eng
     results = fetch([url("/gen/a.bin", size=10, cd="café آب.pdf")])  # sent as raw UTF-8 bytes
     assert results.counts["ok"] == 1, results.failures
     assert read(tmp_path / "out/café آب.pdf") == gen_bytes(10)
+
+
+# ---------------------------------------------------------------------------- servers that bend HTTP
+# What each engine does with answers that break HTTP's rules (the mock server's /raw/ cases); the
+# README's table "Servers that bend HTTP" says the same.
+
+@pytest.mark.parametrize("case", ["overlong", "bad-trailer", "header-folding", "bare-lf"])
+def test_answers_that_bend_http_but_carry_the_whole_body_are_kept_exactly(fetch, server, tmp_path, case):
+    """A body longer than its Content-Length keeps exactly the declared bytes (curl and wget do);
+    a malformed trailer after a complete chunked body, an obsolete folded header line and bare
+    LF line ends still deliver a complete, framed body: every engine keeps it, on the first try."""
+    u = f"{server.url}/raw/{case}?size=20000&seed=3&t={tmp_path.name}"
+    results = fetch([u], retries=2)
+    (result,) = list(results)
+    assert result.status == "ok", result.error
+    assert result.attempts == 1 and result.size == 20000
+    assert read(tmp_path / "out" / case) == gen_bytes(20000, 3)
+
+
+# urllib3 raises on clashing Content-Length headers while it builds the response and never closes
+# that connection's socket: the garbage collector does, with a ResourceWarning (urllib3's leak)
+@pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.parametrize("case,said", [("bad-chunk-size", ("bad chunk size", "broken mid-body")),
+                                        ("dup-content-length-differ", ("clashing Content-Length",))])
+def test_answers_whose_body_cannot_be_trusted_fail_with_one_clear_line(fetch, server, tmp_path, case, said):
+    u = f"{server.url}/raw/{case}?size=20000&t={tmp_path.name}"
+    results = fetch([u], retries=1, retry_base=0.001)
+    (result,) = results.failed
+    assert any(words in result.error for words in said), result.error
+    assert "\n" not in result.error and not (tmp_path / "out" / case).exists()
+    gc.collect()  # urllib3's leaked socket is reported now, under this test's filter, not in a later test

@@ -8,15 +8,18 @@ helps a file in flight with one of its segments.
 from __future__ import annotations
 
 import asyncio
+import functools
 import signal
+import sys
 import threading
 
 import aiohttp
+from aiohttp.client_proto import ResponseHandler
 
 from ..core.redirects import REDIRECT_STATUSES, redact, split_userinfo
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
-from ..errors import IncompleteBody, StallError, TransferError
+from ..errors import IncompleteBody, StallError, TransferError, invalid_http
 from ..transfer import Context, Transfer
 
 
@@ -34,6 +37,10 @@ def translate(exc: BaseException, proxy: str | None = None) -> TransferError:
 def _translate(exc: BaseException) -> TransferError:
     if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
         return StallError("no data for the stall timeout (--timeout)")
+    if isinstance(exc, aiohttp.ClientResponseError) and exc.status == 400 and exc.message:
+        return invalid_http(str(exc.message))  # aiohttp's parser refused the answer's head
+    if isinstance(exc, aiohttp.ClientPayloadError) and "chunk" in str(exc).lower():
+        return invalid_http(str(exc))
     if isinstance(exc, (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError)):
         return IncompleteBody(f"connection broken mid-body ({type(exc).__name__})")
     if isinstance(exc, aiohttp.InvalidURL):
@@ -53,8 +60,26 @@ def _reason(exc: BaseException) -> str:
     return text[:160]
 
 
+class _HeadApart(ResponseHandler):
+    """aiohttp's connection protocol, handing a response's head to the parser apart from the
+    bytes after it. When a server sends more than its Content-Length and closes, and all of it
+    comes in one read, aiohttp's parser rejects the read ("Data after `Connection: close`") and
+    the whole response is lost; fed the head first, the body reaches the file and only the extra
+    bytes are refused, so the file keeps exactly the declared bytes, as requests and curl do."""
+
+    def data_received(self, data: bytes) -> None:
+        if data[:5] == b"HTTP/":
+            end = data.find(b"\r\n\r\n") + 4
+            if 4 < end < len(data):
+                super().data_received(data[:end])
+                data = data[end:]
+        super().data_received(data)
+
+
 def new_session_async(ctx: Context) -> aiohttp.ClientSession:
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
+    if isinstance(getattr(connector, "_factory", None), functools.partial):  # see _HeadApart
+        connector._factory = functools.partial(_HeadApart, **connector._factory.keywords)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=ctx.options.timeout,
                                     sock_read=ctx.options.timeout)
     # read_bufsize: aiohttp pauses the socket once twice this much is buffered; at its 64 KiB
@@ -101,14 +126,65 @@ def _through_proxy(proxy: str | None, url: str, headers: list):
     return bare, headers + credentials, None
 
 
-async def read_chunk_async(resp, chunk_size: int) -> bytes:
+async def read_chunk_async(resp, chunk_size: int, stall: float) -> bytes:
     """The next bytes of the body as they arrive (at most `chunk_size`; b"" at its end), raw
     as on the wire. What arrived is handed over at once, not held until a whole chunk is in,
-    so bytes that came before a stall reach the file, as in every engine."""
-    try:
-        return await resp.content.read(chunk_size)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise translate(exc) from exc
+    so bytes that came before a stall reach the file, as in every engine.
+
+    The wait is watched here, not only by aiohttp's read timeout: when aiohttp's parser rejects
+    the rest of a body (a bad chunk size, a malformed trailer) it closes the connection and drops
+    its timeout, but never wakes the reader. Every second of waiting the connection is checked for
+    such an error; a malformed trailer after a complete chunked body ends the body, as requests
+    and the libcurl engine take it."""
+    content = resp.content
+    waited = 0.0
+    while True:
+        window = _timeout(min(_WATCH, stall - waited))
+        try:
+            async with window:
+                return await content.read(chunk_size)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            if not _expired(window):
+                raise translate(exc) from exc
+        waited += _WATCH
+        rejected = _rejected_by_parser(resp)
+        if rejected is not None:
+            if "chunked" in (resp.headers.get("Transfer-Encoding") or "").lower() and _about_a_trailer(rejected):
+                return b""
+            raise invalid_http(rejected)
+        if waited >= stall:
+            raise StallError("no data for the stall timeout (--timeout)")
+
+
+_WATCH = 1.0
+"""Seconds between looks at a connection whose body is not coming (see read_chunk_async)."""
+if sys.version_info >= (3, 11):
+    _timeout = asyncio.timeout
+else:  # aiohttp's own dependency on Python 3.10
+    from async_timeout import timeout as _timeout
+
+
+def _expired(window) -> bool:
+    expired = window.expired  # a method of asyncio.Timeout, a property of async_timeout's
+    return expired() if callable(expired) else expired
+
+
+def _rejected_by_parser(resp) -> str | None:
+    """What aiohttp's parser said of the rest of this response, if it rejected it."""
+    connection = resp.connection
+    protocol = connection.protocol if connection is not None else None
+    exc = protocol.exception() if protocol is not None else None
+    if exc is None:
+        return None
+    cause = exc.__cause__ or exc
+    return str(getattr(cause, "message", None) or cause).strip() or type(cause).__name__
+
+
+def _about_a_trailer(message: str) -> bool:
+    """Whether a parser error concerns header syntax, which after the body's head can only be
+    a trailer (llhttp says "Invalid header token", aiohttp's own parser names the trailer)."""
+    lowered = message.lower()
+    return "header" in lowered or "trailer" in lowered
 
 
 async def fetch_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Context,
@@ -122,7 +198,7 @@ async def fetch_async(session: aiohttp.ClientSession, t: Transfer, seg, ctx: Con
             try:
                 if not t.accept(seg, resp.status, resp.reason or "", resp.headers):
                     return
-                while chunk := await read_chunk_async(resp, ctx.options.chunk_size):
+                while chunk := await read_chunk_async(resp, ctx.options.chunk_size, ctx.options.timeout):
                     pause = t.write(seg, chunk)
                     if pause is None:
                         break

@@ -31,7 +31,7 @@ import pycurl
 from ..core.redirects import REDIRECT_STATUSES, redact
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
-from ..errors import IncompleteBody, StallError, TransferError
+from ..errors import IncompleteBody, StallError, TransferError, invalid_http
 from ..transfer import Context, Transfer
 
 HTTP_VERSIONS = {pycurl.CURL_HTTP_VERSION_1_0: "1.0", pycurl.CURL_HTTP_VERSION_1_1: "1.1",
@@ -41,6 +41,7 @@ BUFFER_BUDGET = 64 << 20
 but never more than its share of this, so -j 1000 does not cost 256 MB."""
 
 _STALL = "no data for the stall timeout (--timeout)"
+_WEIRD_REPLY = getattr(pycurl, "E_WEIRD_SERVER_REPLY", 8)  # CURLE_WEIRD_SERVER_REPLY, once FTP_ only
 _EPOLL_EVENTS = {pycurl.POLL_NONE: 0, pycurl.POLL_IN: select.EPOLLIN, pycurl.POLL_OUT: select.EPOLLOUT,
                  pycurl.POLL_INOUT: select.EPOLLIN | select.EPOLLOUT, pycurl.POLL_REMOVE: 0}
 _READABLE = select.EPOLLIN | select.EPOLLHUP
@@ -58,6 +59,8 @@ def translate(code: int, message: str, *, proxy: str | None = None, connected: b
         return TransferError(f"proxy {redact(proxy)}: it answered {tunnel_answer} to CONNECT")
     if proxy and code in (pycurl.E_COULDNT_CONNECT, getattr(pycurl, "E_COULDNT_RESOLVE_PROXY", 5)):
         return TransferError(f"proxy {redact(proxy)}: {_reason(text)}")
+    if code == _WEIRD_REPLY or "chunk" in text.lower():
+        return invalid_http(message)
     if code == pycurl.E_OPERATION_TIMEDOUT:
         if not connected:
             return TransferError("connect timeout (--timeout)")
@@ -186,6 +189,13 @@ class Connection:
                 headers.add(name.strip(), value.strip())
         self.status, self.reason, self.headers = status, reason, headers
 
+    def _in_trailer(self, message: str) -> bool:
+        """Whether libcurl's complaint about a header came after a chunked body had begun: then
+        it can only be about a trailer, after the final chunk (the body is complete)."""
+        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+        lowered = message.lower()
+        return chunked and ("header" in lowered or "colon" in lowered)
+
     def _decide(self) -> None:
         """What the answer means for the file (Transfer.accept), once its head is in."""
         self.decided = True
@@ -243,6 +253,8 @@ class Connection:
                 raise self.error
             if not code and not self.decided and not self.ended:  # an answer without a body
                 self._decide()
+            if code == _WEIRD_REPLY and self.accepted and self._in_trailer(message):
+                code = 0  # a malformed trailer after a complete chunked body: the body stands
             if code and not self.ended:
                 curl = self.curl
                 raise translate(code, message, proxy=self.proxy, connected=curl.getinfo(pycurl.CONNECT_TIME) > 0,

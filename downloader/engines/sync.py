@@ -17,7 +17,7 @@ import urllib3
 from ..core.redirects import REDIRECT_STATUSES, redact
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
-from ..errors import IncompleteBody, StallError, TransferError
+from ..errors import IncompleteBody, StallError, TransferError, invalid_http
 from ..transfer import Context, Transfer
 
 _STALL = (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)
@@ -35,6 +35,8 @@ def translate(exc: BaseException, proxy: str | None = None) -> TransferError:
 
 
 def _translate(exc: BaseException) -> TransferError:
+    if isinstance(exc, requests.exceptions.InvalidHeader) or "InvalidChunkLength" in str(exc):
+        return invalid_http(str(exc))
     if isinstance(exc, _STALL):
         return StallError("no data for the stall timeout (--timeout)")
     if isinstance(exc, _SHORT):
