@@ -1,4 +1,4 @@
-"""One behaviour suite, run against every engine (sequential, thread, async) on the mock server.
+"""One behaviour suite, run against every engine (sequential, thread, async, curl) on the mock server.
 If a behaviour holds for one engine it must hold for all."""
 from __future__ import annotations
 
@@ -453,8 +453,10 @@ def test_answers_that_bend_http_but_carry_the_whole_body_are_kept_exactly(fetch,
 # urllib3 raises on clashing Content-Length headers while it builds the response and never closes
 # that connection's socket: the garbage collector does, with a ResourceWarning (urllib3's leak)
 @pytest.mark.filterwarnings("ignore::ResourceWarning", "ignore::pytest.PytestUnraisableExceptionWarning")
-@pytest.mark.parametrize("case,said", [("bad-chunk-size", ("bad chunk size", "broken mid-body")),
-                                        ("dup-content-length-differ", ("clashing Content-Length",))])
+@pytest.mark.parametrize("case,said", [
+    ("bad-chunk-size", ("bad chunk size", "broken mid-body")),
+    ("dup-content-length-differ", ("clashing Content-Length",)),
+])
 def test_answers_whose_body_cannot_be_trusted_fail_with_one_clear_line(fetch, server, tmp_path, case, said):
     u = f"{server.url}/raw/{case}?size=20000&t={tmp_path.name}"
     results = fetch([u], retries=1, retry_base=0.001)
