@@ -75,6 +75,7 @@ class BarReporter(LineReporter):
         super().__init__(verbose, stream)
         from tqdm import tqdm
         self._tqdm = tqdm
+        self._file_bar = _bytes_bar(tqdm)
         self._overall = tqdm(total=None, unit="file", desc="files", position=0, file=self.stream,
                              dynamic_ncols=True, mininterval=0.2, leave=True,
                              bar_format="{desc} {n_fmt}/{total_fmt} [{elapsed}<{remaining}]{postfix}")
@@ -93,9 +94,9 @@ class BarReporter(LineReporter):
         with self._lock:
             if (size is None or size >= BIG_FILE) and self._free_slots and key not in self._bars:
                 slot = self._free_slots.pop()
-                self._bars[key] = self._tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
-                                             desc=_short(name), position=slot, leave=False,
-                                             file=self.stream, dynamic_ncols=True, mininterval=0.2)
+                self._bars[key] = self._file_bar(total=size, desc=_short(name), position=slot, leave=False,
+                                                 file=self.stream, dynamic_ncols=True, mininterval=0.2,
+                                                 bar_format=FILE_BAR)
 
     def file_progress(self, key, n: int) -> None:
         with self._lock:
@@ -140,6 +141,28 @@ class BarReporter(LineReporter):
     def _postfix(self) -> str:
         text = _rate(self._bytes, self._overall)
         return f"{text}, {self.post_status()}" if self.post_status is not None else text
+
+
+FILE_BAR = "{desc}: {percentage:3.0f}%|{bar}| {done_iec}/{total_iec} [{elapsed}<{remaining}, {rate_iec}]"
+"""A file's bar, with sizes in the summary's units (KiB, MiB: powers of 1024 named as such; tqdm's
+own scaling shows "3.00M" and "MB/s")."""
+
+
+def _bytes_bar(tqdm):
+    """A tqdm class whose bars can show sizes and rates as `human_bytes` does (fields done_iec,
+    total_iec, rate_iec)."""
+    from .core.results import human_bytes
+
+    class BytesBar(tqdm):
+        @property
+        def format_dict(self):
+            fields = super().format_dict
+            rate = fields.get("rate")
+            fields["done_iec"] = human_bytes(fields["n"])
+            fields["total_iec"] = human_bytes(fields["total"]) if fields.get("total") else "?"
+            fields["rate_iec"] = f"{human_bytes(rate)}/s" if rate else "? B/s"
+            return fields
+    return BytesBar
 
 
 def _rate(total: int, bar) -> str:

@@ -194,3 +194,21 @@ def test_only_junk_lines_creates_nothing_and_exits_1(tmp_path):
 def test_download_takes_a_single_url_as_a_string(url, tmp_path):
     results = download(url("/gen/single.bin", size=123), tmp_path)
     assert results.counts["ok"] == 1 and (tmp_path / "single.bin").read_bytes() == gen_bytes(123)
+
+
+def test_progress_bars_use_the_units_of_the_summary():
+    """Sizes are powers of 1024 everywhere: KiB and MiB, on the file bars as on the overall line."""
+    import io
+    from downloader.core.results import Result
+    from downloader.progress import BarReporter
+    stream = io.StringIO()
+    bars = BarReporter(stream=stream)
+    bars.set_total(1)
+    bars.file_started("k", "big.iso", 3 << 20)
+    bars.file_progress("k", 3 << 20)
+    bars.file_finished("k", Result("u", "ok"))
+    bars.job_recorded(Result("u", "ok"))
+    bars.close()
+    shown = stream.getvalue()
+    assert "big.iso:" in shown and "/3.0 MiB [" in shown and "3.0 MiB at" in shown
+    assert "MB" not in shown and "3.00M" not in shown
