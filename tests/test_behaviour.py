@@ -464,3 +464,13 @@ def test_answers_whose_body_cannot_be_trusted_fail_with_one_clear_line(fetch, se
     assert any(words in result.error for words in said), result.error
     assert "\n" not in result.error and not (tmp_path / "out" / case).exists()
     gc.collect()  # urllib3's leaked socket is reported now, under this test's filter, not in a later test
+
+
+def test_a_stalled_transfer_counts_the_bytes_that_reached_the_file(fetch, url, tmp_path):
+    """What arrived before a stall is on disk and counted, the same in every engine."""
+    u = url("/gen/stuck.bin", size=200_000, fault="stall", at=50_000)
+    results = fetch([u], retries=0, timeout=1)
+    (result,) = results.failed
+    assert "stall" in result.error
+    assert result.bytes == 50_000 == results.total_bytes
+    assert (tmp_path / "out/stuck.bin.part").stat().st_size == 50_000

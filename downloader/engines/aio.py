@@ -15,6 +15,7 @@ import threading
 
 import aiohttp
 from aiohttp.client_proto import ResponseHandler
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..core.redirects import REDIRECT_STATUSES, redact, split_userinfo
 from ..core.results import Result
@@ -174,7 +175,7 @@ def _rejected_by_parser(resp) -> str | None:
     connection = resp.connection
     protocol = connection.protocol if connection is not None else None
     exc = protocol.exception() if protocol is not None else None
-    if exc is None:
+    if not isinstance(exc, HttpProcessingError):  # a timeout, a reset: not the parser's verdict
         return None
     cause = exc.__cause__ or exc
     return str(getattr(cause, "message", None) or cause).strip() or type(cause).__name__
