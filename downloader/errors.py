@@ -81,6 +81,8 @@ class DiskError(TransferError):
     def __init__(self, message: str, *, disk_full: bool = False) -> None:
         super().__init__(message, retryable=False)
         self.disk_full = disk_full
+        self.written = 0
+        """Bytes of the chunk being written that reached the file before the error."""
 
 
 def invalid_http(detail: str) -> TransferError:

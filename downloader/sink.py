@@ -137,16 +137,22 @@ class PartFile:
             raise disk_error(exc, self.part) from exc
 
     def write(self, offset: int, data) -> None:
-        """Write `data` at `offset` of the `.part`; a short write (full disk) is an error."""
+        """Write `data` at `offset` of the `.part`; a short write (full disk) is an error, whose
+        `written` says how many of the bytes did reach the file before it."""
         view = memoryview(data)
+        done = 0
         while view:
             try:
                 n = os.pwrite(self._fd, view, offset)
             except OSError as exc:
-                raise disk_error(exc, self.part) from exc
+                error = disk_error(exc, self.part)
+                error.written = done
+                raise error from exc
             if n == 0:
-                raise DiskError(f"disk full while writing {self.part}", disk_full=True)
-            view, offset = view[n:], offset + n
+                error = DiskError(f"disk full while writing {self.part}", disk_full=True)
+                error.written = done
+                raise error
+            view, offset, done = view[n:], offset + n, done + n
 
     def size_on_disk(self) -> int:
         try:
@@ -251,6 +257,8 @@ class WriteBehind:
                     self.hasher.update(data)
                 self.on_written(token, len(data))
             except DiskError as exc:
+                if exc.written:  # the start of the chunk did reach the file: it counts
+                    self.on_written(token, exc.written)
                 self.error = exc
             except Exception as exc:  # never lose the thread silently
                 self.error = DiskError(f"cannot write {self.part.part}: {exc}")

@@ -452,7 +452,12 @@ class Transfer:
             if self.writer is not None:
                 self.writer.submit(offset, chunk, seg)
             else:
-                self.part.write(offset, chunk)
+                try:
+                    self.part.write(offset, chunk)
+                except DiskError as exc:
+                    if exc.written:  # the start of the chunk did reach the file: it counts
+                        self._written(seg, exc.written)
+                    raise
                 if self.hasher is not None:
                     self.hasher.update(chunk)
                 self._written(seg, n)

@@ -60,7 +60,7 @@ def _interpreter_start_up(err: str) -> bool:
     """Whether a traceback shows a KeyboardInterrupt raised before `downloader/__main__.py` set its
     handler (in Python's own start-up: site, runpy, importing the package): the first ~20 ms of a
     run on an idle machine, more on a loaded one. No program can catch a signal there."""
-    ours = [line for line in err.splitlines() if 'File "' in line and "<frozen" not in line]
+    ours = [line for line in err.splitlines() if 'File "' in line and "/downloader/" in line]
     return "KeyboardInterrupt" in err and all("downloader/__main__.py" in line or "downloader/__init__.py" in line
                                               for line in ours)
 
