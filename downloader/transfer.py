@@ -294,7 +294,7 @@ class Transfer:
         is done, already there, or must start over). Raises HTTPStatusError for error statuses."""
         self.http_status = status
         if status >= 300 and status != 416:
-            retry_after = parse_retry_after(headers.get("Retry-After"))
+            retry_after = parse_retry_after(headers.get("retry-after"))
             raise HTTPStatusError(status, reason, retryable=status in RETRYABLE_STATUSES,
                                   retry_after=retry_after)
         if self.plan is None:
@@ -312,7 +312,7 @@ class Transfer:
 
     def _accept_first(self, seg: Segment, status: int, headers) -> bool:
         size, ranged_end = self._first_extent(status, headers)
-        cd = headers.get("Content-Disposition")
+        cd = headers.get("content-disposition")
         if (cd or self.url != self.first_url) and not self.job.name:
             wanted = self._wanted_name(cd)
             if wanted != self.name:
@@ -322,7 +322,7 @@ class Transfer:
                     return False
         self.size = size
         self.validator = Validator.from_headers(headers)
-        ranges = (status == 206 or "bytes" in (headers.get("Accept-Ranges") or "").lower()) \
+        ranges = (status == 206 or "bytes" in (headers.get("accept-ranges") or "").lower()) \
             and bool(self.validator.if_range())
         connections = self._max_connections(ranges)
         self.layout = "segments" if connections > 1 else "stream"
@@ -357,16 +357,16 @@ class Transfer:
         if status == 200:
             return content_length(headers), None
         if status == 206:
-            crange = parse_content_range(headers.get("Content-Range"))
+            crange = parse_content_range(headers.get("content-range"))
             disagreement = length_disagrees(headers, crange)
             if disagreement:
                 raise IncompleteBody(disagreement)
             if crange and crange[0] == 0 and crange[2] is not None:
                 return crange[2], crange[1] + 1
-        if status == 416 and (headers.get("Content-Range") or "").replace(" ", "").endswith("*/0"):
+        if status == 416 and (headers.get("content-range") or "").replace(" ", "").endswith("*/0"):
             return 0, 0
         raise TransferError(f"unexpected HTTP {status} to the first request"
-                            + (f" (Content-Range {headers.get('Content-Range')!r})" if status == 206 else ""))
+                            + (f" (Content-Range {headers.get('content-range')!r})" if status == 206 else ""))
 
     @property
     def piece(self) -> int:

@@ -634,20 +634,20 @@ class TestRanges:
         assert range_header(0, 100) == "bytes=0-99"
 
     def test_206_that_matches_is_written_at_its_offset(self):
-        verdict = judge(206, {"Content-Range": "bytes 100-199/200", "ETag": '"abc"'}, start=100, validator=V, size=200)
+        verdict = judge(206, {"content-range": "bytes 100-199/200", "etag": '"abc"'}, start=100, validator=V, size=200)
         assert (verdict.action, verdict.offset, verdict.size) == ("write", 100, 200)
 
     def test_206_learns_the_size_when_unknown(self):
-        verdict = judge(206, {"Content-Range": "bytes 10-19/500", "ETag": '"abc"'}, start=10, validator=V, size=None)
+        verdict = judge(206, {"content-range": "bytes 10-19/500", "etag": '"abc"'}, start=10, validator=V, size=None)
         assert (verdict.action, verdict.size) == ("write", 500)
 
     @pytest.mark.parametrize("headers, why", [
-        ({"Content-Range": "bytes 0-199/200", "ETag": '"abc"'}, "from 0"),
-        ({"Content-Range": "bytes 100-199/200", "ETag": '"other"'}, "changed"),
-        ({"Content-Range": "bytes 100-299/300", "ETag": '"abc"'}, "size"),
-        ({"ETag": '"abc"'}, "Content-Range"),
-        ({"Content-Range": "garbage", "ETag": '"abc"'}, "Content-Range"),
-        ({"Content-Range": "bytes 100-199/200", "Content-Length": "50", "ETag": '"abc"'}, "disagrees"),
+        ({"content-range": "bytes 0-199/200", "etag": '"abc"'}, "from 0"),
+        ({"content-range": "bytes 100-199/200", "etag": '"other"'}, "changed"),
+        ({"content-range": "bytes 100-299/300", "etag": '"abc"'}, "size"),
+        ({"etag": '"abc"'}, "Content-Range"),
+        ({"content-range": "garbage", "etag": '"abc"'}, "Content-Range"),
+        ({"content-range": "bytes 100-199/200", "content-length": "50", "etag": '"abc"'}, "disagrees"),
     ])
     def test_206_that_cannot_be_proven_restarts(self, headers, why):
         verdict = judge(206, headers, start=100, validator=V, size=200)
@@ -655,15 +655,15 @@ class TestRanges:
         assert why in verdict.reason
 
     def test_200_to_a_range_request_restarts_with_a_reason(self):
-        verdict = judge(200, {"ETag": '"abc"', "Content-Length": "200"}, start=100, validator=V, size=200)
+        verdict = judge(200, {"etag": '"abc"', "content-length": "200"}, start=100, validator=V, size=200)
         assert verdict.action == "restart" and verdict.offset == 0 and verdict.size == 200
         assert "ignored the range" in verdict.reason
-        changed = judge(200, {"ETag": '"new"'}, start=100, validator=V, size=200)
+        changed = judge(200, {"etag": '"new"'}, start=100, validator=V, size=200)
         assert changed.action == "restart" and "changed" in changed.reason
 
     @pytest.mark.parametrize("content_range", ["bytes */200", None])
     def test_416_past_the_end_of_a_known_size_is_done(self, content_range):
-        headers = {"Content-Range": content_range} if content_range else {}
+        headers = {"content-range": content_range} if content_range else {}
         assert judge(416, headers, start=200, validator=V, size=200).action == "done"
 
     @pytest.mark.parametrize("start, size, content_range", [
@@ -672,7 +672,7 @@ class TestRanges:
         (200, None, "bytes */200"),
     ])
     def test_416_otherwise_restarts(self, start, size, content_range):
-        verdict = judge(416, {"Content-Range": content_range}, start=start, validator=V, size=size)
+        verdict = judge(416, {"content-range": content_range}, start=start, validator=V, size=size)
         assert verdict.action == "restart" and verdict.offset == 0
         assert "416" in verdict.reason or "300 bytes" in verdict.reason
 
@@ -690,8 +690,8 @@ class TestRanges:
 
     def test_weak_etag_validator_is_judged_by_last_modified(self):
         weak = Validator(etag='W/"abc"', last_modified="Mon, 01 Jan 2024 00:00:00 GMT")
-        same = {"Content-Range": "bytes 10-19/20", "ETag": 'W/"zzz"', "Last-Modified": weak.last_modified}
-        other = dict(same, **{"Last-Modified": "Tue, 02 Jan 2024 00:00:00 GMT"})
+        same = {"content-range": "bytes 10-19/20", "etag": 'W/"zzz"', "last-modified": weak.last_modified}
+        other = dict(same, **{"last-modified": "Tue, 02 Jan 2024 00:00:00 GMT"})
         assert judge(206, same, start=10, validator=weak, size=20).action == "write"
         assert judge(206, other, start=10, validator=weak, size=20).action == "restart"
 
@@ -950,15 +950,15 @@ class TestDigests:
         return base64.b64encode(hashlib.new(algorithm, data).digest()).decode()
 
     def test_repr_digest_is_kept_on_a_206_body_digests_are_not(self):
-        headers = {"Repr-Digest": f"sha-256=:{self.b64('sha256')}:",
-                   "Content-Digest": f"sha-256=:{self.b64('sha256', b'part')}:",
-                   "Content-MD5": self.b64("md5", b"part")}
+        headers = {"repr-digest": f"sha-256=:{self.b64('sha256')}:",
+                   "content-digest": f"sha-256=:{self.b64('sha256', b'part')}:",
+                   "content-md5": self.b64("md5", b"part")}
         assert server_digests(206, headers) == [Expected("sha256", hashlib.sha256(b"body").hexdigest(), "Repr-Digest")]
 
     def test_every_digest_is_kept_on_a_200(self):
-        headers = {"Repr-Digest": f"sha-512=:{self.b64('sha512')}:",
-                   "Content-Digest": f"sha-256=:{self.b64('sha256')}:",
-                   "Content-MD5": self.b64("md5")}
+        headers = {"repr-digest": f"sha-512=:{self.b64('sha512')}:",
+                   "content-digest": f"sha-256=:{self.b64('sha256')}:",
+                   "content-md5": self.b64("md5")}
         found = {(e.algorithm, e.source): e.hexdigest for e in server_digests(200, headers)}
         assert found == {("sha512", "Repr-Digest"): hashlib.sha512(b"body").hexdigest(),
                          ("sha256", "Content-Digest"): hashlib.sha256(b"body").hexdigest(),
@@ -966,21 +966,21 @@ class TestDigests:
 
     def test_several_items_and_parameters_in_one_header(self):
         value = f"md5=:{self.b64('md5')}:, sha-256=:{self.b64('sha256')}:;x=1, unixsum=:AA==:"
-        assert [e.algorithm for e in server_digests(200, {"Repr-Digest": value})] == ["sha256"]
+        assert [e.algorithm for e in server_digests(200, {"repr-digest": value})] == ["sha256"]
 
     @pytest.mark.parametrize("headers", [
-        {"Repr-Digest": "sha-256=:!!notbase64!!:"},
-        {"Repr-Digest": "sha-256=abc"},
-        {"Content-Digest": "sha-256"},
-        {"Content-MD5": "not base64 at all!"},
+        {"repr-digest": "sha-256=:!!notbase64!!:"},
+        {"repr-digest": "sha-256=abc"},
+        {"content-digest": "sha-256"},
+        {"content-md5": "not base64 at all!"},
         {},
     ])
     def test_malformed_server_digests_are_ignored(self, headers):
         assert server_digests(200, headers) == []
 
     @pytest.mark.parametrize("headers", [
-        {"Content-MD5": hashlib.md5(b"body").hexdigest()},
-        {"Repr-Digest": "sha-256=:YWJj:"},
+        {"content-md5": hashlib.md5(b"body").hexdigest()},
+        {"repr-digest": "sha-256=:YWJj:"},
     ])
     def test_digests_of_the_wrong_length_are_ignored(self, headers):
         assert server_digests(200, headers) == []

@@ -54,13 +54,14 @@ def parse_checksum(text: str, source: str = "--checksum") -> Expected:
 
 
 def server_digests(status: int, headers) -> list[Expected]:
-    """Digests the response's headers promise for the whole file (see the module docstring)."""
+    """Digests the response's headers promise for the whole file (see the module docstring).
+    `headers` answers lower-case names (see core.ranges)."""
     found = []
     for header, whole_only in (("Repr-Digest", False), ("Content-Digest", True)):
-        value = headers.get(header)
+        value = headers.get(header.lower())
         if value and (status == 200 or not whole_only):
             found += _structured_digests(value, header)
-    md5 = headers.get("Content-MD5")
+    md5 = headers.get("content-md5")
     if md5 and status == 200:
         try:
             raw = base64.b64decode(md5.strip(), validate=True)

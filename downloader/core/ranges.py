@@ -1,11 +1,15 @@
 """Byte ranges: when resumed bytes may be kept, and how a file is split between connections.
 
+Response headers are read by lower-case name (`headers.get("content-range")`) from any mapping that
+answers such names: requests' and aiohttp's are case-insensitive, and the libcurl engine's is a
+plain dict with lower-case keys, the cheapest lookup there is.
+
 Resumed bytes are appended only when the server proves they belong (invariant 2): a 206 whose
 Content-Range starts where we asked, for the same total size, with the same validator (ETag, or
 Last-Modified when there is no strong ETag, sent as If-Range). Anything else starts the file again::
 
     >>> v = Validator(etag='"abc"', last_modified=None)
-    >>> judge(206, {"Content-Range": "bytes 100-199/200", "ETag": '"abc"'}, start=100, validator=v,
+    >>> judge(206, {"content-range": "bytes 100-199/200", "etag": '"abc"'}, start=100, validator=v,
     ...       size=200)
     Verdict(action='write', offset=100, size=200, reason='')
 
@@ -32,7 +36,7 @@ class Validator:
 
     @classmethod
     def from_headers(cls, headers) -> "Validator":
-        return cls(headers.get("ETag") or None, headers.get("Last-Modified") or None)
+        return cls(headers.get("etag") or None, headers.get("last-modified") or None)
 
     def if_range(self) -> str | None:
         """The If-Range value to send: a strong ETag, else Last-Modified, else None (cannot prove)."""
@@ -68,7 +72,7 @@ def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None
 
 
 def content_length(headers) -> int | None:
-    value = headers.get("Content-Length")
+    value = headers.get("content-length")
     if value is None or not value.strip().isdigit():
         return None
     return int(value)
@@ -78,7 +82,7 @@ def length_disagrees(headers, crange: tuple | None | bool = False) -> str | None
     """Why a 206's Content-Length and Content-Range cannot both be true, or None when they agree
     (`crange`: the Content-Range already parsed, when the caller has it)."""
     if crange is False:
-        crange = parse_content_range(headers.get("Content-Range"))
+        crange = parse_content_range(headers.get("content-range"))
     length = content_length(headers)
     if crange is None or length is None or length == crange[1] - crange[0] + 1:
         return None
@@ -110,7 +114,7 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
     (its `validator`, and `size` when told) means for the bytes on disk."""
     fresh = Validator.from_headers(headers)
     if status == 416:
-        match = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", headers.get("Content-Range") or "")
+        match = re.match(r"^\s*bytes\s+\*/(\d+)\s*$", headers.get("content-range") or "")
         total = int(match.group(1)) if match else None
         if size is not None and start >= size and total in (None, size):
             return Verdict("done", start, size)
@@ -122,7 +126,7 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
         return Verdict("restart", 0, content_length(headers),
                        "the file changed on the server" if changed else "the server ignored the range")
     if status == 206:
-        crange = parse_content_range(headers.get("Content-Range"))
+        crange = parse_content_range(headers.get("content-range"))
         if crange is None:
             return Verdict("restart", 0, None, "a 206 without a usable Content-Range")
         first, _last, total = crange

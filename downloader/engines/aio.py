@@ -106,7 +106,7 @@ async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: 
         if resp.status not in REDIRECT_STATUSES:
             return resp
         resp.release()
-        url, headers = t.follow(url, resp.status, resp.headers.get("Location"), hops, headers)
+        url, headers = t.follow(url, resp.status, resp.headers.get("location"), hops, headers)
         hops += 1
 
 
@@ -150,7 +150,7 @@ async def read_chunk_async(resp, chunk_size: int, stall: float) -> bytes:
         waited += _WATCH
         rejected = _rejected_by_parser(resp)
         if rejected is not None:
-            if "chunked" in (resp.headers.get("Transfer-Encoding") or "").lower() and _about_a_trailer(rejected):
+            if "chunked" in (resp.headers.get("transfer-encoding") or "").lower() and _about_a_trailer(rejected):
                 return b""
             raise invalid_http(rejected)
         if waited >= stall:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import re
 import select
 import threading
 import time
@@ -86,16 +87,16 @@ def _reason(text: str) -> str:
     return text[:160]
 
 
-class Headers(dict):
-    """Response headers by lower-case name (the core asks for "Content-Range"); repeated ones are
-    joined with ", ", as requests joins them."""
+_FOLDED = re.compile(r"\r?\n[ \t]+")
 
-    def get(self, name, default=None):
-        return dict.get(self, name.lower(), default)
 
-    def add(self, name: str, value: str) -> None:
-        key = name.lower()
-        self[key] = f"{dict.__getitem__(self, key)}, {value}" if key in self else value
+def _status_line(line: bytes) -> tuple[int, str]:
+    """(status, reason) from "HTTP/1.1 206 Partial Content"."""
+    parts = line.decode("latin-1").split(None, 2)
+    try:
+        return int(parts[1]), parts[2].strip() if len(parts) > 2 else ""
+    except (IndexError, ValueError):
+        return 0, ""
 
 
 class Connection:
@@ -116,7 +117,7 @@ class Connection:
         self.proxy: str | None = None
         self.status = 0
         self.reason = ""
-        self.headers = Headers()
+        self.headers: dict[str, str] = {}
         self.accepted = False
         """The response's body goes into the file (accept said so)."""
         self.tunnel = False
@@ -158,7 +159,7 @@ class Connection:
         curl.setopt(pycurl.PIPEWAIT, url[:6].lower() == "https:")
         self.tunnel, self.tunnel_answer = self.proxy is not None and url[:6].lower() == "https:", None
         self.lines.clear()
-        self.status, self.reason, self.headers = 0, "", Headers()
+        self.status, self.reason, self.headers = 0, "", {}
         self.parsed = self.decided = self.accepted = self.ended = False
         self.error = None
         self.requests += 1
@@ -167,32 +168,38 @@ class Connection:
     def _parse_head(self) -> None:
         """The response's status and headers, from the lines libcurl handed over (it appends them
         to `lines` itself: no Python call per header line). The last head is the answer; a proxy's
-        answer to CONNECT comes first, interim 1xx answers before the last."""
+        answer to CONNECT comes first, interim 1xx answers before the last. Headers go into a
+        plain dict by lower-case name (core reads them so), repeated ones joined with ", "."""
         self.parsed = True
-        status, reason, headers = 0, "", Headers()
-        tunnel = self.tunnel
-        for raw in self.lines:
-            text = raw.decode("latin-1").rstrip("\r\n")
-            if text[:5] == "HTTP/":
-                parts = text.split(" ", 2)
-                status, reason, headers = int(parts[1]), parts[2] if len(parts) > 2 else "", Headers()
-            elif not text:
-                if tunnel:  # the end of the proxy's answer to CONNECT: the real answer follows if 2xx
-                    tunnel = False
-                    if not 200 <= status < 300:
-                        self.tunnel_answer = f"{status} {reason}".strip()
-            elif text[0] in " \t" and headers:  # an obsolete folded line continues the last header
-                last = next(reversed(headers))
-                dict.__setitem__(headers, last, f"{dict.__getitem__(headers, last)} {text.strip()}")
-            else:
-                name, _, value = text.partition(":")
-                headers.add(name.strip(), value.strip())
-        self.status, self.reason, self.headers = status, reason, headers
+        lines = self.lines
+        starts = [i for i, line in enumerate(lines) if line[:5] == b"HTTP/"]
+        if not starts:
+            return
+        if self.tunnel:  # the proxy's answer to CONNECT: the real answer follows if it is a 2xx
+            status, reason = _status_line(lines[starts[0]])
+            if not 200 <= status < 300:
+                self.tunnel_answer = f"{status} {reason}".strip()
+        first = starts[-1]
+        self.status, self.reason = _status_line(lines[first])
+        end = first + 1
+        while end < len(lines) and lines[end].strip():
+            end += 1
+        text = b"".join(lines[first + 1:end]).decode("latin-1")
+        if "\n " in text or "\n\t" in text:
+            text = _FOLDED.sub(" ", text)  # obsolete line folding: a continuation joins its header
+        pairs = [line.partition(":")[::2] for line in text.splitlines() if ":" in line]
+        headers = {name.strip().lower(): value.strip() for name, value in pairs}
+        if len(headers) < len(pairs):  # a header given twice: its values joined, as requests does
+            headers = {}
+            for name, value in pairs:
+                key, value = name.strip().lower(), value.strip()
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+        self.headers = headers
 
     def _in_trailer(self, message: str) -> bool:
         """Whether libcurl's complaint about a header came after a chunked body had begun: then
         it can only be about a trailer, after the final chunk (the body is complete)."""
-        chunked = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower()
+        chunked = "chunked" in (self.headers.get("transfer-encoding") or "").lower()
         lowered = message.lower()
         return chunked and ("header" in lowered or "colon" in lowered)
 
@@ -260,7 +267,7 @@ class Connection:
                 raise translate(code, message, proxy=self.proxy, connected=curl.getinfo(pycurl.CONNECT_TIME) > 0,
                                 os_errno=curl.getinfo(pycurl.OS_ERRNO), tunnel_answer=self.tunnel_answer)
             if not code and not self.ended and self.status in REDIRECT_STATUSES:
-                self.url, self.sent = t.follow(self.url, self.status, self.headers.get("Location"), self.hops,
+                self.url, self.sent = t.follow(self.url, self.status, self.headers.get("location"), self.hops,
                                                self.sent)
                 self.hops += 1
                 self.send(self.url, self.sent)

@@ -91,7 +91,7 @@ def open_response(session: requests.Session, t: Transfer, url: str, headers: lis
         if resp.status_code not in REDIRECT_STATUSES:
             return resp
         resp.close()
-        url, headers = t.follow(url, resp.status_code, resp.headers.get("Location"), hops, headers)
+        url, headers = t.follow(url, resp.status_code, resp.headers.get("location"), hops, headers)
         hops += 1
 
 
