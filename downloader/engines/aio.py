@@ -86,10 +86,15 @@ def new_session_async(ctx: Context) -> aiohttp.ClientSession:
                                     sock_read=ctx.options.timeout)
     # read_bufsize: aiohttp pauses the socket once twice this much is buffered; at its 64 KiB
     # default a fast body pauses and resumes every chunk (about 4% of a 512 MiB download)
-    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
-                                 read_bufsize=4 * ctx.options.chunk_size,
-                                 cookie_jar=aiohttp.CookieJar(unsafe=True),
-                                 skip_auto_headers=("Accept-Encoding",))
+    session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False,
+                                    read_bufsize=4 * ctx.options.chunk_size,
+                                    cookie_jar=aiohttp.CookieJar(unsafe=True),
+                                    skip_auto_headers=("Accept-Encoding",))
+    # every try is core.retry's to decide and count: aiohttp would send a GET again on its own after
+    # a connection error (a TLS 1.3 refusal of a client certificate included); its own test client
+    # turns that off the same way, having no public switch for it
+    session._retry_connection = False
+    return session
 
 
 async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: str, headers: list,
