@@ -81,7 +81,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def new_session_async(ctx: Context) -> aiohttp.ClientSession:
-    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300, ssl=ctx.tls.ssl_context)
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=ctx.options.timeout,
                                     sock_read=ctx.options.timeout)
     # read_bufsize: aiohttp pauses the socket once twice this much is buffered; at its 64 KiB
@@ -106,7 +106,7 @@ async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: 
         bare, sent, proxy_headers = _through_proxy(proxy, url, headers)
         try:
             resp = await session.get(url, headers=sent, allow_redirects=False, proxy=bare,
-                                     proxy_headers=proxy_headers)
+                                     proxy_headers=proxy_headers, ssl=_tls_for(url, ctx))
         except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
             raise translate(exc, proxy, ctx.tls) from exc
         if resp.status not in REDIRECT_STATUSES:
@@ -115,6 +115,12 @@ async def open_response_async(session: aiohttp.ClientSession, t: Transfer, url: 
         resp.release()
         url, headers = t.follow(url, resp.status, resp.headers.get("Location"), hops, headers)
         hops += 1
+
+
+def _tls_for(url: str, ctx: Context):
+    """The batch's ssl context (core.tls) for an https:// URL, built on the first one; aiohttp's
+    default for the others, which do not use it."""
+    return ctx.tls.ssl_context if url[:6].lower() == "https:" else True
 
 
 def _through_proxy(proxy: str | None, url: str, headers: list):

@@ -102,25 +102,20 @@ def _reason(exc: BaseException) -> str:
 
 
 class TlsAdapter(requests.adapters.HTTPAdapter):
-    """An HTTPAdapter whose TLS is the batch's (core.tls): one ssl context, built once per batch,
-    for every connection, direct or through a proxy's CONNECT. A plain HTTPAdapter loads certifi's
-    bundle (or the file given as `verify`) into each new connection's context instead."""
+    """An HTTPAdapter whose TLS is the batch's (core.tls): one ssl context for every connection,
+    direct or through a proxy's CONNECT, built on the first https:// request. A plain HTTPAdapter
+    loads certifi's bundle (or the file given as `verify`) into each new connection's context."""
 
     def __init__(self, tls: TlsSettings, **kwargs) -> None:
         self.tls = tls
         super().__init__(**kwargs)
 
-    def init_poolmanager(self, *args, **kwargs) -> None:
-        kwargs["ssl_context"] = self.tls.ssl_context
-        super().init_poolmanager(*args, **kwargs)
-
-    def proxy_manager_for(self, proxy, **proxy_kwargs):
-        proxy_kwargs.setdefault("ssl_context", self.tls.ssl_context)
-        return super().proxy_manager_for(proxy, **proxy_kwargs)
-
     def cert_verify(self, conn, url, verify, cert) -> None:
-        conn.cert_reqs = "CERT_REQUIRED" if self.tls.verify else "CERT_NONE"
-        conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = None
+        """Called before every request with the pool that will carry it."""
+        if url[:6].lower() == "https:":
+            conn.conn_kw["ssl_context"] = self.tls.ssl_context
+            conn.cert_reqs = "CERT_REQUIRED" if self.tls.verify else "CERT_NONE"
+            conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = None
 
 
 def new_session(ctx: Context) -> requests.Session:
