@@ -36,6 +36,7 @@ from .core.results import FAILED, OK, Result, Results
 from .core.retry import RetryPolicy
 from .core.schedule import Feed, Scheduler
 from .core.sources import Job, jobs_from_urls, parse_lines
+from .core.tls import TlsSettings, decide_tls
 from .errors import DiskError, UsageError
 from .index import Index
 from .intake import Intake, Source, lines_of
@@ -45,13 +46,17 @@ from .transfer import Context
 EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 """Exit codes of the CLI: everything done; some URL failed or some input line was rejected;
 usage error; interrupted."""
+INSECURE_WARNING = ("warning: --insecure: server certificates are not verified, so anyone on the way can pose as "
+                    "the server")
+"""Said once at the start of a run with `insecure=True`."""
 
 
 class Downloader:
     """A batch of downloads into one output folder (see the module docstring).
 
     Options are those of `Options.build` (mode, jobs, per_host, retries, timeout, headers,
-    overwrite, segments, min_segment_size, max_speed, checksum, sums_file, manifest, post, ...).
+    overwrite, segments, min_segment_size, max_speed, checksum, sums_file, manifest, post,
+    ca_certificate, insecure, certificate, private_key, ...).
     `reporter` receives progress events (default: quiet lines on stderr); `report` is a path or a
     text stream for JSON lines, one object per URL; `keep_results=False` keeps only failures in
     memory, for very long lists.
@@ -112,7 +117,9 @@ class Downloader:
         no URL, nothing is created (not even the output folder) and `Results.nothing_in` names the
         sources that were read."""
         opts = self.options
-        sums, post_tasks, proxies = self._check()
+        sums, post_tasks, proxies, tls = self._check()
+        if not tls.verify:
+            self.reporter.message(INSECURE_WARNING)
         sources, self._sources = self._sources, []
         results = Results(keep=self.keep_results)
         self._last = results
@@ -140,7 +147,7 @@ class Downloader:
                           rng=random.Random(opts.seed),
                           limiter=TokenBucket(opts.max_speed) if opts.max_speed else None, sums=sums,
                           want_sha256=opts.manifest is not None, proxies=proxies, logins=netrc_logins(),
-                          signal_handler=self._on_signal)
+                          tls=tls, signal_handler=self._on_signal)
             ctx.post_submit = post.submit if post else recorder.record
             ctx.post_submit_async = post.submit_async if post else None
             engine = self._engine = _engine(opts.mode)(ctx, opts.jobs)
@@ -168,13 +175,18 @@ class Downloader:
             raise UsageError(f"reading the URL list failed: {feed.error}")
         return results
 
-    def _check(self) -> tuple[dict, tuple, Proxies]:
+    def _check(self) -> tuple[dict, tuple, Proxies, TlsSettings]:
         """Everything about the options that can be wrong, found before anything is opened:
-        returns the --sums digests, the parsed --post tasks and the proxy settings."""
+        returns the --sums digests, the parsed --post tasks, the proxy and the TLS settings."""
         opts = self.options
         proxies = Proxies()
         if proxies.problem():
             raise UsageError(proxies.problem())
+        try:
+            tls = decide_tls(ca_certificate=opts.ca_certificate, insecure=opts.insecure,
+                             certificate=opts.certificate, private_key=opts.private_key)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
         if opts.dest.exists() and not opts.dest.is_dir():
             raise UsageError(f"output folder {opts.dest} is a file, not a folder")
         if opts.checksum:
@@ -193,7 +205,7 @@ class Downloader:
                 post_tasks = tuple(parse_post_spec(spec) for spec in opts.post)
             except ValueError as exc:
                 raise UsageError(f"--post: {exc}") from exc
-        return (_read_sums(opts.sums_file) if opts.sums_file else {}), post_tasks, proxies
+        return (_read_sums(opts.sums_file) if opts.sums_file else {}), post_tasks, proxies, tls
 
     def retry_failed(self) -> Results:
         """Run again the URLs that failed in the last run (resuming what they left on disk)."""

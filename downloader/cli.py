@@ -163,6 +163,15 @@ def get(
                                             "stderr is a terminal).", show_default=False),
     quiet: bool = typer.Option(False, "-q", "--quiet", help="Only errors and the final summary line."),
     verbose: bool = typer.Option(False, "-v", "--verbose", help="Also say each retry and restart."),
+    ca_certificate: Optional[Path] = typer.Option(None, "--ca-certificate", metavar="FILE", help="PEM bundle of "
+                                                  "the certificate authorities to trust, instead of the default "
+                                                  "store."),
+    insecure: bool = typer.Option(False, "-k", "--insecure", help="Do not verify server certificates (a warning "
+                                  "says so)."),
+    certificate: Optional[Path] = typer.Option(None, "--certificate", metavar="FILE", help="Client certificate "
+                                               "(PEM) for servers that ask for one."),
+    private_key: Optional[Path] = typer.Option(None, "--private-key", metavar="FILE", help="Private key (PEM) of "
+                                               "--certificate, when it is not in that file."),
     chunk_size: str = typer.Option("256K", "--chunk-size", hidden=True),
 ) -> None:
     from . import api
@@ -180,6 +189,7 @@ def get(
             min_segment_size=min_segment_size,
             max_speed=max_speed, checksum=checksum, sums_file=sums, manifest=manifest, post=post,
             post_executor=post_executor.value, post_workers=post_workers, chunk_size=chunk_size,
+            ca_certificate=ca_certificate, insecure=insecure, certificate=certificate, private_key=private_key,
             reporter=reporter, report=report, keep_results=False)
         for url in urls or []:
             downloader.enqueue(url)
@@ -269,8 +279,8 @@ def serve(
         def ready(url: str) -> None:
             print(f"serving {root or '(virtual files only)'} at {url}/  (Ctrl-C to stop)", flush=True)
             if tls:
-                print(f"CA certificate: {files.ca_file} (trust it with curl --cacert, or requests' verify=)",
-                      flush=True)
+                print(f"CA certificate: {files.ca_file} (trust it with: downloader get --ca-certificate "
+                      f"{files.ca_file} URL...)", flush=True)
 
         try:
             mockserver.serve(root, host, port, config, ready, ssl_context)

@@ -136,6 +136,16 @@ class Options:
     """Post-processing workers; None means the CPU count."""
     seed: int | None = None
     """Seed for the retry jitter, for reproducible runs; None draws one."""
+    ca_certificate: Path | None = None
+    """A PEM bundle of the certificate authorities to trust, instead of the default store (which
+    core.tls finds: the environment's variables, else the system's)."""
+    insecure: bool = False
+    """Do not verify servers' certificates (curl's -k): anyone on the path can pose as the server."""
+    certificate: Path | None = None
+    """A client certificate (PEM) for servers that ask for one; its key in `private_key`, or in
+    this file too."""
+    private_key: Path | None = None
+    """The private key (PEM, not passphrase-protected) of `certificate`."""
 
     @classmethod
     def build(cls, dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
@@ -145,7 +155,8 @@ class Options:
               checksum: str | None = None, sums_file=None, manifest=None,
               chunk_size: str | int = 256 * 1024, post=(), post_executor: str = "process",
               post_workers: int | None = None, seed: int | None = None, retry_base: float = 0.25,
-              retry_cap: float = 30.0, max_redirects: int = 10) -> "Options":
+              retry_cap: float = 30.0, max_redirects: int = 10, ca_certificate=None, insecure: bool = False,
+              certificate=None, private_key=None) -> "Options":
         """Options from loose input, with every value checked; raises UsageError naming the option."""
         if mode not in MODES:
             raise UsageError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
@@ -167,6 +178,8 @@ class Options:
         chunk = parse_size(chunk_size, "chunk size")
         if chunk < 1024:
             raise UsageError("chunk size: must be at least 1K")
+        if private_key is not None and certificate is None:
+            raise UsageError("--private-key goes with --certificate FILE")
         if mode == "sequential":
             jobs = 1
         return cls(dest=Path(dest), mode=mode, jobs=jobs, per_host=per_host, retries=retries,
@@ -178,4 +191,11 @@ class Options:
                    manifest=Path(manifest) if manifest else None, chunk_size=chunk,
                    post=tuple(post), post_executor=post_executor, post_workers=post_workers,
                    seed=seed, retry_base=parse_duration(retry_base, "retry_base"),
-                   retry_cap=parse_duration(retry_cap, "retry_cap"), max_redirects=max_redirects)
+                   retry_cap=parse_duration(retry_cap, "retry_cap"), max_redirects=max_redirects,
+                   ca_certificate=_path(ca_certificate), insecure=bool(insecure),
+                   certificate=_path(certificate), private_key=_path(private_key))
+
+
+def _path(value: str | os.PathLike | None) -> Path | None:
+    """A file option: None, or a Path (an empty string is None, as an unset option)."""
+    return Path(value) if value not in (None, "") else None

@@ -39,6 +39,7 @@ from .core.results import FAILED, INTERRUPTED, OK, SKIPPED, Result
 from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
 from .core.schedule import Scheduler
 from .core.sources import Job
+from .core.tls import TlsSettings, decide_tls
 from .errors import ChecksumMismatch, DiskError, HTTPStatusError, IncompleteBody, RedirectError, TransferError
 from .index import Index
 from .sink import PartFile, PrefixHasher, StreamHasher, WriteBehind, file_digests
@@ -85,6 +86,8 @@ class Context:
     """Logins by host from the user's netrc file (core.redirects.netrc_logins)."""
     proxies: Proxies = field(default_factory=Proxies)
     """Which proxy each request goes through (read from the environment once per batch)."""
+    tls: TlsSettings = field(default_factory=decide_tls)
+    """What to trust, whether to verify, which client certificate (core.tls, decided once per batch)."""
     signal_handler: Callable | None = None
     """What SIGINT and SIGTERM call. The API installs it for the whole batch; the async engine
     also hands it to its event loop, so a signal wakes the loop at once."""

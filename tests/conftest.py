@@ -81,3 +81,28 @@ def run_cli(*args, input: str | None = None, timeout: float = 60, cwd=None) -> s
     return subprocess.run([sys.executable, "-m", "downloader", *args], input=input, capture_output=True,
                           text=True, timeout=timeout, env=env, cwd=cwd,
                           stdin=None if input is not None else subprocess.DEVNULL)
+
+
+def has_ipv6_loopback() -> bool:
+    """Whether this machine can listen on ::1 (containers often have no IPv6 at all)."""
+    import socket
+    if not socket.has_ipv6:
+        return False
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+needs_ipv6 = pytest.mark.skipif(not has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
+
+CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+@pytest.fixture
+def default_trust(monkeypatch):
+    """No CA variable set: the run trusts the system's store (or certifi's), as on a bare machine."""
+    for name in CA_VARIABLES:
+        monkeypatch.delenv(name, raising=False)

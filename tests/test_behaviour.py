@@ -3,6 +3,7 @@ If a behaviour holds for one engine it must hold for all."""
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 
 import pytest
@@ -474,3 +475,252 @@ def test_a_stalled_transfer_counts_the_bytes_that_reached_the_file(fetch, url, t
     assert "stall" in result.error
     assert result.bytes == 50_000 == results.total_bytes
     assert (tmp_path / "out/stuck.bin.part").stat().st_size == 50_000
+
+
+# --- HTTPS: every engine trusts, refuses and words failures alike (core.tls) ----------------------
+
+UNTRUSTED = ("TLS: certificate verify failed (unable to get local issuer certificate); "
+             "use --ca-certificate FILE to trust it")
+
+
+@pytest.fixture(scope="module")
+def https_server():
+    """The mock server over HTTPS, with a certificate from a CA of its own (`ca_file`)."""
+    from conftest import FIXTURES
+    from downloader.mockserver import MockServer
+    with MockServer(FIXTURES / "data", tls=True) as srv:
+        yield srv
+
+
+def https_url(server, path: str, **params) -> str:
+    from urllib.parse import urlencode
+    params["u"] = next(_https_unique)
+    return f"{server.url}{path}?{urlencode(params)}"
+
+
+_https_unique = itertools.count()
+
+
+def files_in(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != ".downloader") if folder.exists() else []
+
+
+def test_https_with_the_servers_ca_certificate_is_exact(fetch, https_server, tmp_path):
+    urls = [https_url(https_server, "/gen/tls.bin", size=300_000), f"{https_server.url}/hello.txt"]
+    results = fetch(urls, ca_certificate=https_server.ca_file)
+    assert results.counts["ok"] == 2, results.failures
+    assert read(tmp_path / "out/tls.bin") == gen_bytes(300_000)
+    assert [r.http_version for r in results] == ["1.1", "1.1"]
+
+
+def test_an_untrusted_certificate_fails_once_with_one_clear_line(fetch, https_server, tmp_path, default_trust):
+    from tls_servers import Relay
+    with Relay(("127.0.0.1", https_server.port)) as relay:
+        u = https_url(https_server, "/gen/untrusted.bin", size=1000).replace(str(https_server.port), str(relay.port))
+        results = fetch([u])
+    assert [(r.error, r.attempts) for r in results.failed] == [(UNTRUSTED, 1)]
+    assert relay.connections == 1  # not tried again: a certificate does not heal
+    assert ("message", f"failed: {u}: {UNTRUSTED}") in results.events
+    assert files_in(tmp_path / "out") == []
+
+
+def test_insecure_downloads_anyway_and_warns_once(fetch, https_server, tmp_path):
+    from downloader.api import INSECURE_WARNING
+    results = fetch([https_url(https_server, "/gen/insecure.bin", size=2000)], insecure=True)
+    assert results.counts["ok"] == 1, results.failures
+    assert read(tmp_path / "out/insecure.bin") == gen_bytes(2000)
+    assert [e for e in results.events if e[0] == "message"] == [("message", INSECURE_WARNING)]
+
+
+def test_a_client_certificate_the_server_requires(fetch, tmp_path):
+    from downloader.mockserver import MockServer
+    with MockServer(tls=True, client_cert_required=True) as srv:
+        u = f"{srv.url}/gen/mine.bin?size=5000"
+        given = fetch([u], ca_certificate=srv.ca_file, certificate=srv.client_cert_file,
+                      private_key=srv.client_key_file)
+        assert given.counts["ok"] == 1, given.failures
+        assert read(tmp_path / "out/mine.bin") == gen_bytes(5000)
+        missing = fetch([u], dest=tmp_path / "without", ca_certificate=srv.ca_file, retries=1)
+    # the mock server's asyncio drops the alert, so the client sees the connection close mid-handshake,
+    # which is retried like any dropped connection (a refusal with an alert is not: see below)
+    assert [(r.error, r.attempts) for r in missing.failed] == [(
+        "TLS: the server closed the connection during the handshake; if it requires a client certificate, "
+        "use --certificate FILE with --private-key FILE", 2)]
+    assert files_in(tmp_path / "without") == []
+
+
+@pytest.mark.parametrize("certificate, error", [
+    ("self-signed", "TLS: certificate verify failed (self-signed certificate); use --ca-certificate FILE to trust it"),
+    ("expired", "TLS: certificate verify failed (certificate has expired); the server must renew it "
+                "(--insecure skips verification)"),
+    ("other-host", "TLS: certificate verify failed (hostname mismatch); use a host name the certificate names "
+                   "(--insecure skips verification)"),
+])
+def test_each_certificate_failure_gets_its_reason_and_no_second_try(
+        fetch, tmp_path, default_trust, certificate, error):
+    from tls_servers import TlsServer
+    with TlsServer(tmp_path / "tls", certificate) as server:
+        trust = {} if certificate == "self-signed" else {"ca_certificate": server.ca_file}
+        results = fetch([server.url], **trust)
+        assert [(r.error, r.attempts) for r in results.failed] == [(error, 1)]
+        assert server.handshakes == 1
+        assert files_in(tmp_path / "out") == []
+        anyway = fetch([server.url], dest=tmp_path / "anyway", insecure=True)
+        assert anyway.counts["ok"] == 1, anyway.failures
+
+
+def test_a_self_signed_certificate_given_as_ca_certificate_is_trusted(fetch, tmp_path):
+    from tls_servers import BODY, TlsServer
+    with TlsServer(tmp_path / "tls", "self-signed") as server:
+        results = fetch([server.url], ca_certificate=tmp_path / "tls/self-signed.pem")
+    assert results.counts["ok"] == 1, results.failures
+    assert read(tmp_path / "out/tls.bin") == BODY
+
+
+@pytest.mark.parametrize("tls12, sent, error", [
+    (True, None, "TLS: the server refused the handshake (alert: handshake failure); if it requires a client "
+                 "certificate, use --certificate FILE with --private-key FILE"),
+    (False, None, "TLS: the server requires a client certificate (alert: certificate required); "
+                  "use --certificate FILE with --private-key FILE"),
+    (True, "stranger", "TLS: the server refused the client certificate (alert: unknown ca)"),
+    (False, "stranger", "TLS: the server refused the client certificate (alert: unknown ca)"),
+    (True, "known", None),
+    (False, "known", None),
+], ids=["tls1.2-none", "tls1.3-none", "tls1.2-stranger", "tls1.3-stranger", "tls1.2-known", "tls1.3-known"])
+def test_a_client_certificate_refused_with_an_alert_is_one_line_and_no_second_try(
+        fetch, tmp_path, tls12, sent, error):
+    import ssl
+
+    import trustme
+    from tls_servers import TlsServer, write_pem
+    clients_ca = trustme.CA()
+    issuer = clients_ca if sent == "known" else trustme.CA()
+    client = issuer.issue_cert("client.example")
+    options = {}
+    if sent:
+        options = {"certificate": write_pem(tmp_path / "client.pem", *client.cert_chain_pems),
+                   "private_key": write_pem(tmp_path / "client.key", client.private_key_pem)}
+    with TlsServer(tmp_path / "tls", client_ca=clients_ca,
+                   max_version=ssl.TLSVersion.TLSv1_2 if tls12 else None) as server:
+        results = fetch([server.url], ca_certificate=server.ca_file, **options)
+        if error is None:
+            assert results.counts["ok"] == 1, results.failures
+        else:
+            assert [(r.error, r.attempts) for r in results.failed] == [(error, 1)]
+            assert server.handshakes == 1
+
+
+def test_a_handshake_cut_by_a_reset_is_tried_again(fetch, https_server, tmp_path):
+    from tls_servers import Relay
+    with Relay(("127.0.0.1", https_server.port), reset_first=1) as relay:
+        u = https_url(https_server, "/gen/reset.bin", size=3000).replace(str(https_server.port), str(relay.port))
+        results = fetch([u], ca_certificate=https_server.ca_file)
+    assert results.counts["ok"] == 1, results.failures
+    assert [r.attempts for r in results] == [2]
+    assert relay.connections == 2
+    assert read(tmp_path / "out/reset.bin") == gen_bytes(3000)
+
+
+def test_https_to_a_plain_http_port_says_so_once(fetch, server):
+    results = fetch([server.url.replace("http://", "https://") + "/gen/plain.bin?size=10"])
+    assert [(r.error, r.attempts) for r in results.failed] == [
+        ("TLS: handshake failed (wrong version number); does the server speak HTTPS on this port?", 1)]
+
+
+# --- IPv6 ------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server6():
+    """The mock server on the IPv6 loopback: its URLs are http://[::1]:PORT/..."""
+    from conftest import FIXTURES, has_ipv6_loopback
+    from downloader.mockserver import MockServer
+    if not has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    with MockServer(FIXTURES / "data", host="::1") as srv:
+        yield srv
+
+
+def test_an_ipv6_literal_url_downloads(fetch, server6, tmp_path):
+    u = f"{server6.url}/gen/six.bin?size=200000&u={next(_https_unique)}"
+    assert u.startswith("http://[::1]:")
+    results = fetch([u, f"{server6.url}/hello.txt"])
+    assert results.counts["ok"] == 2, results.failures
+    assert read(tmp_path / "out/six.bin") == gen_bytes(200_000)
+
+
+def test_a_redirect_to_an_ipv6_literal_is_followed(fetch, server, server6, tmp_path):
+    from urllib.parse import quote
+
+    from conftest import key
+    target = f"{server6.url}/gen/moved6.bin?size=7000&u={next(_https_unique)}"
+    results = fetch([f"{server.url}/redirect?to={quote(target, safe='')}"])
+    assert results.counts["ok"] == 1, results.failures
+    assert read(tmp_path / "out/moved6.bin") == gen_bytes(7000)
+    assert server6.stats()[key(target)]["gets"] == 1
+
+
+@pytest.mark.parametrize("no_proxy", ["::1", "[::1]:{port}", "::1/128", "localhost,[::1]"])
+def test_no_proxy_with_an_ipv6_address_goes_direct(fetch, server6, monkeypatch, tmp_path, no_proxy):
+    for name in ("NO_PROXY", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setenv("no_proxy", no_proxy.format(port=server6.port))
+    results = fetch([f"{server6.url}/gen/direct6.bin?size=1000&u={next(_https_unique)}"], retries=0)
+    assert results.counts["ok"] == 1, results.failures
+    assert read(tmp_path / "out/direct6.bin") == gen_bytes(1000)
+
+
+def test_a_no_proxy_entry_for_another_ipv6_port_still_goes_through_the_proxy(fetch, server6, monkeypatch):
+    for name in ("NO_PROXY", "HTTP_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("http_proxy", "http://127.0.0.1:9")
+    monkeypatch.setenv("no_proxy", f"[::1]:{server6.port + 1}")
+    results = fetch([f"{server6.url}/gen/proxied6.bin?size=10&u={next(_https_unique)}"], retries=0)
+    assert [r.error for r in results.failed] == ["proxy http://127.0.0.1:9: connection refused"]
+
+
+def test_https_to_an_ipv6_literal_is_verified_for_that_address(fetch, tmp_path):
+    from conftest import has_ipv6_loopback
+    from downloader.mockserver import MockServer
+    if not has_ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback (::1)")
+    with MockServer(host="::1", tls=True) as srv:
+        results = fetch([f"{srv.url}/gen/six-tls.bin?size=4000"], ca_certificate=srv.ca_file)
+    assert results.counts["ok"] == 1, results.failures
+    assert read(tmp_path / "out/six-tls.bin") == gen_bytes(4000)
+
+
+def hashed_folder(ca_file, folder):
+    """A CApath folder holding `ca_file` under OpenSSL's subject-hash name (what c_rehash makes)."""
+    import shutil
+    import subprocess
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (it names the files of a CA folder)")
+    digest = subprocess.run([openssl, "x509", "-hash", "-noout", "-in", str(ca_file)], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    folder.mkdir()
+    shutil.copy(ca_file, folder / f"{digest}.0")
+    return folder
+
+
+@pytest.mark.parametrize("variable", ["REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR"])
+def test_each_ca_variable_is_trusted_alike_in_every_engine(
+        fetch, https_server, monkeypatch, tmp_path, default_trust, variable):
+    value = https_server.ca_file
+    if variable == "SSL_CERT_DIR":
+        value = hashed_folder(https_server.ca_file, tmp_path / "certs")
+    monkeypatch.setenv(variable, str(value))
+    results = fetch([https_url(https_server, "/gen/by-variable.bin", size=1000)])
+    assert results.counts["ok"] == 1, results.failures
+
+
+def test_ca_certificate_wins_over_the_variables(fetch, https_server, monkeypatch, tmp_path, default_trust):
+    from tls_servers import TlsServer
+    with TlsServer(tmp_path / "tls") as other:  # a valid bundle, of another CA
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(other.ca_file))
+        monkeypatch.setenv("SSL_CERT_FILE", str(other.ca_file))
+        u = https_url(https_server, "/gen/option-wins.bin", size=10)
+        assert fetch([u], dest=tmp_path / "a").failed[0].error == UNTRUSTED
+        assert fetch([u], dest=tmp_path / "b", ca_certificate=https_server.ca_file).counts["ok"] == 1

@@ -875,7 +875,8 @@ def test_serve_tls_prints_the_url_and_where_the_ca_file_is():
         assert re.fullmatch(r"serving \(virtual files only\) at https://127\.0\.0\.1:\d+/  \(Ctrl-C to stop\)\n",
                             line)
         url = URL_IN_LINE.search(line).group(1)
-        match = re.fullmatch(r"CA certificate: (\S+) \(trust it with .*\)\n", process.stdout.readline())
+        match = re.fullmatch(r"CA certificate: (\S+) \(trust it with: downloader get --ca-certificate \1 URL\.\.\.\)\n",
+                             process.stdout.readline())
         ca_file = Path(match.group(1))
         assert requests.get(url + "/gen/a.bin?size=9", verify=ca_file).content == gen_bytes(9)
     assert process.returncode == 0

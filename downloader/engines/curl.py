@@ -18,6 +18,7 @@ jobs from the feed, a stop).
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import os
 import re
@@ -32,6 +33,7 @@ import pycurl
 from ..core.redirects import REDIRECT_STATUSES, redact
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
+from ..core.tls import HOST_MISMATCH, TlsSettings, certificate_rejected, handshake_failed
 from ..errors import IncompleteBody, StallError, TransferError, invalid_http
 from ..transfer import Context, Transfer
 
@@ -49,10 +51,16 @@ _READABLE = select.EPOLLIN | select.EPOLLHUP
 
 
 def translate(code: int, message: str, *, proxy: str | None = None, connected: bool = True, os_errno: int = 0,
-              tunnel_answer: str | None = None) -> TransferError:
+              tunnel_answer: str | None = None, tls: TlsSettings | None = None,
+              verify_result: int = 0) -> TransferError:
     """The one place a libcurl error becomes the project's own, worded as the other engines word
     it. `os_errno` is libcurl's OS_ERRNO (it says "Could not connect" where the others say
-    "connection refused"); `tunnel_answer` the status line a proxy gave to CONNECT, if not 2xx."""
+    "connection refused"); `tunnel_answer` the status line a proxy gave to CONNECT, if not 2xx;
+    `verify_result` OpenSSL's verify code (SSL_VERIFYRESULT) and `tls` the batch's settings, for
+    TLS failures worded by core.tls."""
+    tls_error = _tls_error(code, message, os_errno, tls, verify_result)
+    if tls_error is not None:
+        return tls_error
     text = message or f"libcurl error {code}"
     if os_errno:
         text = f"{text} ({os.strerror(os_errno)})"
@@ -75,6 +83,26 @@ def translate(code: int, message: str, *, proxy: str | None = None, connected: b
     if code in (pycurl.E_COULDNT_CONNECT, pycurl.E_COULDNT_RESOLVE_HOST, pycurl.E_SEND_ERROR):
         return TransferError(f"connection failed: {_reason(text)}")
     return TransferError(f"{text} (libcurl error {code})")
+
+
+def _tls_error(code: int, message: str, os_errno: int, tls: TlsSettings | None,
+               verify_result: int) -> TransferError | None:
+    if code == pycurl.E_PEER_FAILED_VERIFICATION:
+        # libcurl checks the host name itself (its own words) before OpenSSL's verdict on the chain
+        if re.search(r"subject name|does not match|common name", message, re.IGNORECASE):
+            failure = certificate_rejected(min(HOST_MISMATCH), message, tls)
+        else:
+            said = re.search(r"verify result: (.*?) \((\d+)\)$", message)
+            verify_code = int(said.group(2)) if said else verify_result or None
+            failure = certificate_rejected(verify_code, said.group(1) if said else message, tls)
+    elif code == pycurl.E_SSL_CONNECT_ERROR or \
+            (code in (pycurl.E_RECV_ERROR, pycurl.E_SEND_ERROR) and "alert" in message.lower()):
+        failure = handshake_failed("connection reset" if os_errno == errno.ECONNRESET else message, tls)
+    elif code in (pycurl.E_SSL_CERTPROBLEM, pycurl.E_SSL_CACERT_BADFILE):  # checked up front: rare
+        return TransferError(f"TLS: {message}", retryable=False)
+    else:
+        return None
+    return TransferError(failure.message, retryable=failure.retryable)
 
 
 def _reason(text: str) -> str:
@@ -144,6 +172,24 @@ class Connection:
         curl.setopt(pycurl.NETRC, pycurl.NETRC_IGNORED)
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.USERAGENT, engine.user_agent)
+        self._set_tls(engine.ctx.tls)
+
+    def _set_tls(self, tls: TlsSettings) -> None:
+        """The batch's TLS (core.tls), always set: the pycurl wheel's libcurl would otherwise look for
+        certificates where it was built (a Red Hat path), not where this system keeps them."""
+        curl = self.curl
+        if tls.verify:
+            for option, path in ((pycurl.CAINFO, tls.ca_file), (pycurl.CAPATH, tls.ca_dir)):
+                if path:
+                    curl.setopt(option, path)
+                else:
+                    curl.unsetopt(option)
+        else:
+            curl.setopt(pycurl.SSL_VERIFYPEER, 0)
+            curl.setopt(pycurl.SSL_VERIFYHOST, 0)
+        if tls.cert_file:
+            curl.setopt(pycurl.SSLCERT, tls.cert_file)
+            curl.setopt(pycurl.SSLKEY, tls.key_file or tls.cert_file)
 
     # ------------------------------------------------------------------ one request
     def send(self, url: str, headers: list[tuple[str, str]]) -> None:
@@ -265,7 +311,8 @@ class Connection:
             if code and not self.ended:
                 curl = self.curl
                 raise translate(code, message, proxy=self.proxy, connected=curl.getinfo(pycurl.CONNECT_TIME) > 0,
-                                os_errno=curl.getinfo(pycurl.OS_ERRNO), tunnel_answer=self.tunnel_answer)
+                                os_errno=curl.getinfo(pycurl.OS_ERRNO), tunnel_answer=self.tunnel_answer,
+                                tls=self.engine.ctx.tls, verify_result=curl.getinfo(pycurl.SSL_VERIFYRESULT))
             if not code and not self.ended and self.status in REDIRECT_STATUSES:
                 self.url, self.sent = t.follow(self.url, self.status, self.headers.get("location"), self.hops,
                                                self.sent)

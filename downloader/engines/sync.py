@@ -7,9 +7,10 @@ file in flight with one of its segments.
 """
 from __future__ import annotations
 
-import os
 import re
+import ssl
 import threading
+import warnings
 
 import requests
 import urllib3
@@ -17,24 +18,31 @@ import urllib3
 from ..core.redirects import REDIRECT_STATUSES, redact
 from ..core.results import Result
 from ..core.schedule import WAIT, Help, Start
+from ..core.tls import TlsFailure, TlsSettings, certificate_rejected, handshake_failed
 from ..errors import IncompleteBody, StallError, TransferError, invalid_http
 from ..transfer import Context, Transfer
 
 _STALL = (requests.exceptions.ReadTimeout, urllib3.exceptions.ReadTimeoutError, TimeoutError)
 _SHORT = (urllib3.exceptions.IncompleteRead, urllib3.exceptions.ProtocolError,
           requests.exceptions.ChunkedEncodingError)
+HTTP_VERSIONS = {10: "1.0", 11: "1.1"}
+"""urllib3's response.version, as the report shows it (`Result.http_version`)."""
 
 
-def translate(exc: BaseException, proxy: str | None = None) -> TransferError:
+def translate(exc: BaseException, proxy: str | None = None, tls: TlsSettings | None = None) -> TransferError:
     """The one place a requests/urllib3 error becomes the project's own (naming the proxy when
-    the request went through one)."""
-    error = _translate(exc)
+    the request went through one; a TLS failure worded by core.tls, which `tls` tells whether a
+    client certificate was sent)."""
+    error = _translate(exc, tls)
     if proxy and isinstance(exc, requests.exceptions.ProxyError):
         error = TransferError(f"proxy {redact(proxy)}: {_reason(exc)}", retryable=error.retryable)
     return error
 
 
-def _translate(exc: BaseException) -> TransferError:
+def _translate(exc: BaseException, tls: TlsSettings | None) -> TransferError:
+    failure = _tls_failure(exc, tls)
+    if failure is not None:
+        return TransferError(failure.message, retryable=failure.retryable)
     if isinstance(exc, requests.exceptions.InvalidHeader) or "InvalidChunkLength" in str(exc):
         return invalid_http(str(exc))
     if isinstance(exc, _STALL):
@@ -52,6 +60,37 @@ def _translate(exc: BaseException) -> TransferError:
     return TransferError(f"{type(exc).__name__}: {exc}")
 
 
+def _tls_failure(exc: BaseException, tls: TlsSettings | None) -> TlsFailure | None:
+    """The TLS failure behind `exc`, if that is what it is: requests wraps urllib3's error, which
+    wraps Python's ssl error, which has the verify code or the reason core.tls words."""
+    cause = _ssl_error_in(exc)
+    if cause is None:
+        return None
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return certificate_rejected(cause.verify_code, cause.verify_message, tls)
+    reason = cause.reason or str(cause)
+    # requests raises its SSLError only while connecting; later an alert is still a refusal, but an
+    # EOF is a body cut short (the caller's IncompleteBody)
+    if isinstance(exc, requests.exceptions.SSLError) or "ALERT" in reason.upper():
+        return handshake_failed(reason, tls)
+    return None
+
+
+def _ssl_error_in(exc: BaseException) -> ssl.SSLError | None:
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return current
+        todo += [current.__cause__, current.__context__, getattr(current, "reason", None)]
+        todo += [arg for arg in current.args if isinstance(arg, BaseException)]
+    return None
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc.args[0] if exc.args else exc)
     tunnel = re.search(r"Tunnel connection failed: (\d{3}[^'\")]*)", text)
@@ -64,16 +103,35 @@ def _reason(exc: BaseException) -> str:
     return text[:160]
 
 
+class TlsAdapter(requests.adapters.HTTPAdapter):
+    """An HTTPAdapter whose TLS is the batch's (core.tls): one ssl context for every connection,
+    direct or through a proxy's CONNECT, built on the first https:// request. A plain HTTPAdapter
+    loads certifi's bundle (or the file given as `verify`) into each new connection's context."""
+
+    def __init__(self, tls: TlsSettings, **kwargs) -> None:
+        self.tls = tls
+        super().__init__(**kwargs)
+
+    def cert_verify(self, conn, url, verify, cert) -> None:
+        """Called before every request with the pool that will carry it."""
+        if url[:6].lower() == "https:":
+            conn.conn_kw["ssl_context"] = self.tls.ssl_context
+            conn.cert_reqs = "CERT_REQUIRED" if self.tls.verify else "CERT_NONE"
+            conn.ca_certs = conn.ca_cert_dir = conn.cert_file = conn.key_file = None
+
+
 def new_session(ctx: Context) -> requests.Session:
     session = requests.Session()
-    adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=4, max_retries=0)
+    adapter = TlsAdapter(ctx.tls, pool_connections=4, pool_maxsize=4, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     session.headers.pop("Accept-Encoding", None)
     # proxies (core.proxies) and netrc logins (core.redirects) are read once per batch for every
     # engine; requests' own reading of the environment would repeat it on every request
     session.trust_env = False
-    session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+    session.verify = ctx.tls.verify
+    if not ctx.tls.verify:  # said once for the batch by the API, not by urllib3 for every connection
+        warnings.filterwarnings("ignore", category=urllib3.exceptions.InsecureRequestWarning)
     return session
 
 
@@ -87,8 +145,9 @@ def open_response(session: requests.Session, t: Transfer, url: str, headers: lis
             resp = session.get(url, headers=dict(headers), stream=True, allow_redirects=False, timeout=timeout,
                                proxies={"http": proxy, "https": proxy} if proxy else None)
         except requests.RequestException as exc:
-            raise translate(exc, proxy) from exc
+            raise translate(exc, proxy, ctx.tls) from exc
         if resp.status_code not in REDIRECT_STATUSES:
+            t.http_version = HTTP_VERSIONS.get(resp.raw.version, t.http_version)
             return resp
         resp.close()
         url, headers = t.follow(url, resp.status_code, resp.headers.get("location"), hops, headers)
