@@ -56,6 +56,9 @@ answered with 400 and a line naming it.
 ``cdstar=NAME``              ``Content-Disposition: attachment; filename="fallback.bin";
                              filename*=UTF-8''NAME`` (percent-encoded); with ``cd=`` too, its NAME
                              replaces ``fallback.bin``
+``cdraw=TEXT``               ``Content-Disposition: TEXT``, exactly as given (a header with no
+                             disposition type, stray parameters: what real servers send); wins
+                             over ``cd=`` and ``cdstar=``
 ``noranges=1``               no Accept-Ranges, and Range is ignored (always 200 and the whole body)
 ``digest=1|bad``             ``Repr-Digest: sha-256=:..:, sha-512=:..:`` of the whole representation, and
                              ``Content-MD5`` on 200s (it describes the message body, so not on a 206);
@@ -404,6 +407,7 @@ class Modifiers:
     rate: int | None = None
     cd: str | None = None
     cdstar: str | None = None
+    cdraw: str | None = None
     noranges: bool = False
     digest: Literal["1", "bad"] | None = None
 
@@ -427,6 +431,7 @@ class Modifiers:
             rate=_integer(query, "rate", minimum=1),
             cd=_header_safe(query, "cd"),
             cdstar=_header_safe(query, "cdstar"),
+            cdraw=_header_safe(query, "cdraw"),
             noranges=_choice(query, "noranges", ("0", "1")) == "1",
             digest=_choice(query, "digest", ("1", "bad")),
         )
@@ -605,7 +610,9 @@ def plan_body(fault: str | None, length: int, at: int | None) -> BodyPlan:
 
 
 def content_disposition(modifiers: Modifiers) -> str | None:
-    """The Content-Disposition the `cd=` and `cdstar=` modifiers ask for, if any."""
+    """The Content-Disposition the `cdraw=`, `cd=` and `cdstar=` modifiers ask for, if any."""
+    if modifiers.cdraw is not None:
+        return modifiers.cdraw
     if modifiers.cdstar is not None:
         fallback = _quoted_string(modifiers.cd or "fallback.bin")
         return f"attachment; filename={fallback}; filename*=UTF-8''{quote(modifiers.cdstar, safe='')}"

@@ -414,8 +414,6 @@ def test_a_redirect_whose_location_has_raw_utf8_bytes_reaches_the_file(fetch, se
     assert stats(wanted)["gets"] == 1  # not the mojibake /gen/caf%C3%83%C2%A9.bin
 
 
-@pytest.mark.xfail(strict=True, reason="the mock server cannot send a Content-Disposition without a type yet: "
-                                       "it needs a modifier that sends the header as given (cdraw=TEXT)")
 def test_a_content_disposition_without_a_type_names_the_file(fetch, url, tmp_path):
     results = fetch([url("/gen/a.bin", size=10, cdraw='filename="typeless report.pdf"'),
                      url("/gen/b.bin", size=11, cdraw="filename=params.txt; charset=x; option=y"),

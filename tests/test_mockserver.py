@@ -905,3 +905,11 @@ def test_serve_tls_without_trustme_is_one_line_naming_the_extra():
                           timeout=30, stdin=subprocess.DEVNULL)
     assert (done.returncode, done.stdout) == (2, "")
     assert done.stderr == "downloader: --tls: HTTPS needs trustme: pip install 'downloader[tls]'\n"
+
+
+def test_cdraw_sends_the_content_disposition_exactly_as_given(tmp_path):
+    import requests
+    with MockServer(None) as srv:
+        value = "filename=params.txt; charset=x; option=y"
+        resp = requests.get(f"{srv.url}/gen/a.bin", params={"size": 3, "cdraw": value, "cd": "ignored.bin"})
+    assert resp.headers["Content-Disposition"] == value
