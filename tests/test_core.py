@@ -1733,3 +1733,19 @@ def test_results_without_keep_hold_a_bounded_number_of_failures_and_rejections()
     assert len(results.failures) == len(results.rejected) == KEEP_AT_MOST
     assert results.counts[FAILED] == results.rejected_count == KEEP_AT_MOST + 50
     assert f"{KEEP_AT_MOST + 50} failed, {KEEP_AT_MOST + 50} input line(s) rejected" in results.summary()
+
+
+@given(st.one_of(st.text(alphabet="bytes 0123456789-/*\t,abc", max_size=30),
+                 st.builds(lambda a, b, t: f"bytes {a}-{b}/{t}", st.integers(0, 10**6), st.integers(0, 10**6),
+                           st.one_of(st.integers(0, 10**6).map(str), st.just("*")))))
+def test_content_range_parsing_agrees_with_the_rfc_grammar(value):
+    """The fast path for "bytes A-B/T" gives what the regular expression gives, for any text."""
+    import re
+    from downloader.core.ranges import parse_content_range
+    match = re.match(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", value, re.I)
+    expected = None
+    if match:
+        first, last = int(match.group(1)), int(match.group(2))
+        total = None if match.group(3) == "*" else int(match.group(3))
+        expected = None if last < first or (total is not None and last >= total) else (first, last, total)
+    assert parse_content_range(value) == expected

@@ -61,6 +61,15 @@ class Validator:
 
 def parse_content_range(value: str | None) -> tuple[int, int, int | None] | None:
     """(first, last, total) from "bytes 0-99/200"; total None for "*"; None when malformed."""
+    if value and value[:6] == "bytes ":  # the usual spelling, without the regular expression
+        span, _, total_text = value[6:].partition("/")
+        first_text, _, last_text = span.partition("-")
+        if first_text.isdecimal() and last_text.isdecimal() and (total_text.isdecimal() or total_text == "*"):
+            first, last = int(first_text), int(last_text)
+            total = None if total_text == "*" else int(total_text)
+            if last < first or (total is not None and last >= total):
+                return None
+            return first, last, total
     match = _CONTENT_RANGE.match(value or "")
     if not match:
         return None

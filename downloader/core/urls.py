@@ -12,15 +12,19 @@ than once); anything else goes through urlsplit, which stays the authority::
 """
 from __future__ import annotations
 
+import functools
 import re
 
 _PLAIN_URL = re.compile(r"https?://([A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(\d{1,5}))?([/?#].*)?",
                         re.IGNORECASE | re.DOTALL)
 
 
+@functools.lru_cache(maxsize=2048)
 def plain_parts(url: str) -> tuple[str, int | None, str] | None:
     """(host in lower case, port or None, path without query and fragment) of a plain URL, or
-    None when the URL is not plain (then use urlsplit). A port above 65535 is not plain either."""
+    None when the URL is not plain (then use urlsplit). A port above 65535 is not plain either.
+    Cached for the last few thousand URLs: a URL is checked when its line is read, then named and
+    counted against its host a batch later."""
     match = _PLAIN_URL.fullmatch(url)
     if match is None:
         return None
