@@ -156,6 +156,8 @@ class Connection:
         self.error: TransferError | None = None
         self.requests = 0
         """Requests sent on this connection (a timer set for one request ignores the next)."""
+        self._route: tuple | None = None
+        """The (proxy, https) the handle's options are set for."""
         opts = engine.ctx.options
         self.lines: list[bytes] = []
         self.parsed = self.decided = False
@@ -195,15 +197,19 @@ class Connection:
     def send(self, url: str, headers: list[tuple[str, str]]) -> None:
         """Start a request on this connection (the engine adds it to the multi handle)."""
         self.url, self.sent = url, headers
-        self.proxy = self.engine.ctx.proxies.for_url(url)
+        proxy = self.engine.ctx.proxies.for_url(url)
+        secure = url[:6].lower() == "https:"
         curl = self.curl
         curl.setopt(pycurl.URL, url)
         curl.setopt(pycurl.HTTPHEADER, [f"{k}: {v}" for k, v in headers])
-        curl.setopt(pycurl.PROXY, self.proxy or "")
-        # wait for a connection that may multiplex (HTTP/2, offered over TLS) rather than open
-        # another; over plain http there is none, and libcurl would wait for the busy one to end
-        curl.setopt(pycurl.PIPEWAIT, url[:6].lower() == "https:")
-        self.tunnel, self.tunnel_answer = self.proxy is not None and url[:6].lower() == "https:", None
+        if (proxy, secure) != self._route:  # options stay set on a reused handle: set them on change
+            self._route = proxy, secure
+            curl.setopt(pycurl.PROXY, proxy or "")
+            # wait for a connection that may multiplex (HTTP/2, offered over TLS) rather than open
+            # another; over plain http there is none, and libcurl would wait for the busy one to end
+            curl.setopt(pycurl.PIPEWAIT, secure)
+        self.proxy = proxy
+        self.tunnel, self.tunnel_answer = proxy is not None and secure, None
         self.lines.clear()
         self.status, self.reason, self.headers = 0, "", {}
         self.parsed = self.decided = self.accepted = self.ended = False
