@@ -98,7 +98,8 @@ class _HeadApart(ResponseHandler):
     def data_received(self, data: bytes) -> None:
         if data[:5] == b"HTTP/":
             end = data.find(b"\r\n\r\n") + 4
-            if 4 < end < len(data):
+            # only an answer that closes the connection can be refused so (others are kept alive)
+            if 4 < end < len(data) and b"close" in data[:end].lower():
                 super().data_received(data[:end])
                 data = data[end:]
         super().data_received(data)
@@ -177,6 +178,12 @@ async def read_chunk_async(resp, chunk_size: int, stall: float) -> bytes:
     such an error; a malformed trailer after a complete chunked body ends the body, as requests
     and the libcurl engine take it."""
     content = resp.content
+    try:
+        data = content.read_nowait(chunk_size)  # what is already in: no timer to set (small bodies)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise translate(exc) from exc
+    if data or content.at_eof():
+        return data
     waited = 0.0
     while True:
         window = _timeout(min(_WATCH, stall - waited))
