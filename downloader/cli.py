@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 
+from .config import MODES
 from .errors import DownloaderError, UsageError
 
 EXIT_CODES_HELP = ("Exit codes: 0 everything done (downloaded or already there); 1 some URL failed or "
@@ -295,6 +296,10 @@ def gil(
     print(json.dumps(result, indent=2) if json_out else format_report(result))
 
 
+_MODES_HELP = (f"Comma-separated modes to run, of {', '.join(MODES)} (default: each of them, curl only when "
+               "pycurl is installed).")
+
+
 @app.command(help="Run the main job on the built-in mock server in every mode, verify it, compare the modes.")
 def demo(
     latency: str = typer.Option("50ms", "--latency", metavar="DURATION", help="Delay the mock server adds to "
@@ -302,18 +307,14 @@ def demo(
     jobs: int = typer.Option(16, "-j", "--jobs", min=1, metavar="N", help="Connections in flight."),
     out: Path = typer.Option(Path("demo-out"), "--out", metavar="DIR", help="Where the files go (one folder "
                              "per mode)."),
-    modes: str = typer.Option("sequential,thread,async", "--modes", metavar="MODE,...", help="Comma-separated "
-                              "modes to run."),
+    modes: Optional[str] = typer.Option(None, "--modes", metavar="MODE,...", help=_MODES_HELP,
+                                        show_default=False),
 ) -> None:
     _take_over_signals()
     from .demo import format_table, run_demo
 
-    chosen = [m.strip() for m in modes.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in ("sequential", "thread", "async")]
-    if unknown or not chosen:
-        raise _fail(f"--modes: {', '.join(unknown) or 'nothing'} is not one of sequential, thread, async", 2)
     try:
-        rows = run_demo(chosen, latency=latency, jobs=jobs, out=out)
+        rows = run_demo(None if modes is None else modes.split(","), latency=latency, jobs=jobs, out=out)
     except UsageError as exc:
         raise _fail(str(exc), 2)
     except DownloaderError as exc:
@@ -333,8 +334,8 @@ def bench(
                                                "latency.", show_default=False),
     input_file: Optional[str] = typer.Option(None, "-i", "--input-file", metavar="FILE", help="A URL file "
                                              "(plain or aria2-style), read again for every run."),
-    modes: str = typer.Option("sequential,thread,async", "--modes", metavar="MODE,...", help="Comma-separated "
-                              "modes to run."),
+    modes: Optional[str] = typer.Option(None, "--modes", metavar="MODE,...", help=_MODES_HELP,
+                                        show_default=False),
     post: List[str] = typer.Option([], "--post", metavar="SPEC", help="Post-process each file: sha256, md5, "
                                    "blake2b, fib:N "
                                    "(repeatable); each mode then runs with post tasks on threads and on "
@@ -348,11 +349,13 @@ def bench(
 ) -> None:
     _take_over_signals()
     from .benchcmd import check_plot_extra, format_table, run_bench, write_json, write_plot
+    from .demo import available_modes
 
     try:
         if plot is not None:
             check_plot_extra()
-        result = run_bench(urls, input_file, modes.split(","), post, runs, jobs,
+        chosen = available_modes() if modes is None else modes.split(",")
+        result = run_bench(urls, input_file, chosen, post, runs, jobs,
                            say=lambda line: print(line, file=sys.stderr, flush=True))
         print()
         print(format_table(result))
