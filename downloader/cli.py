@@ -280,19 +280,27 @@ def serve(
             raise _fail(f"cannot listen on {where}: {exc.strerror or exc}", 2)
 
 
-@app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound).")
+@app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound), "
+                  "and what each engine's downloads leave of it to a thread computing beside them.")
 def gil(
     tasks: int = typer.Option(8, "--tasks", min=1, metavar="N", help="How many tasks."),
     n: int = typer.Option(27, "--n", min=1, max=40, metavar="N", help="fib(N) per CPU task."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, metavar="N", help="Pool size (default: "
                                           "CPU count)."),
+    files: int = typer.Option(100, "--files", min=1, metavar="N", help="Files of 16 KiB in the downloads batch."),
+    downloads: bool = typer.Option(True, "--downloads/--no-downloads", help="Also download a batch from the mock "
+                                   "server with each engine, alone and beside a thread computing fib (the "
+                                   "longest part)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
     _take_over_signals()
     import json
     from .gil import format_report, run_gil_demo
 
-    result = run_gil_demo(tasks=tasks, n=n, workers=workers)
+    try:
+        result = run_gil_demo(tasks=tasks, n=n, workers=workers, files=files if downloads else None)
+    except DownloaderError as exc:
+        raise _fail(str(exc), 1)
     print(json.dumps(result, indent=2) if json_out else format_report(result))
 
 
