@@ -18,6 +18,7 @@ the same from an installed wheel as from `make demo`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import random
 import re
 import resource
@@ -145,13 +146,14 @@ def available_modes() -> list[str]:
     >>> available_modes()[:3]
     ['async', 'thread', 'sequential']
     """
-    return [mode for mode in MODES if mode != "curl" or _pycurl_loads()]
+    return [mode for mode in MODES if mode != "curl" or _curl_engine_loads()]
 
 
-def _pycurl_loads() -> bool:
-    """Whether pycurl imports: its module can be there and still fail to load its libcurl."""
+def _curl_engine_loads() -> bool:
+    """Whether the curl engine imports, which it does only when pycurl does (pycurl can be
+    installed and still fail to load its libcurl). The engine is pycurl's one home, so it is asked."""
     try:
-        import pycurl  # noqa: F401
+        importlib.import_module(".engines.curl", __package__)
     except ImportError:
         return False
     return True

@@ -137,7 +137,8 @@ def test_bad_input_is_one_usage_error_before_anything_runs(modes, post, runs, in
 
 def test_without_pycurl_curl_is_left_out_by_default_and_refused_when_named(monkeypatch) -> None:
     assert available_modes() == list(MODES)  # pycurl is in the test extra
-    monkeypatch.setitem(sys.modules, "pycurl", None)
+    for module in ("pycurl", "downloader.engines.curl"):  # as where pycurl never loaded
+        monkeypatch.setitem(sys.modules, module, None)
     assert available_modes() == [mode for mode in MODES if mode != "curl"]
     with pytest.raises(UsageError, match=r"^--modes: curl needs pycurl, which cannot be imported: "
                                          r"pip install 'downloader\[curl\]'$"):

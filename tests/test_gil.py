@@ -47,6 +47,12 @@ def _downloads(per_engine: dict[str, tuple[float, float, float, float]], skipped
             "measured_with": "schedstat", "skipped": skipped or {}, "engines": engines}
 
 
+def _without_pycurl(monkeypatch) -> None:
+    """As where pycurl never loaded: neither it nor the curl engine, which imports it, can be imported."""
+    for module in ("pycurl", "downloader.engines.curl"):
+        monkeypatch.setitem(sys.modules, module, None)
+
+
 def test_the_result_has_every_documented_field(result: dict) -> None:
     assert json.loads(json.dumps(result)) == result
     assert (result["python"], result["implementation"]) == (platform.python_version(),
@@ -83,7 +89,7 @@ def test_every_engine_downloads_the_whole_batch_alone_and_beside_the_computing_t
 
 
 def test_without_pycurl_the_curl_row_is_skipped_with_the_command_that_installs_it(monkeypatch) -> None:
-    monkeypatch.setitem(sys.modules, "pycurl", None)
+    _without_pycurl(monkeypatch)
     downloads = measure_downloads(files=2)
     assert list(downloads["engines"]) == ["thread", "async"]
     assert downloads["skipped"] == {"curl": "pycurl cannot be imported: pip install 'downloader[curl]'"}
