@@ -5,7 +5,7 @@ two kinds of work: CPU-bound (naive `fib`, pure Python that holds the GIL) and I
 (`time.sleep`, which releases it, as socket reads do). On a standard CPython, threads speed up the
 waiting but not the computing; processes speed up both, at the price of starting interpreters::
 
-    result = run_gil_demo()            # about 10 s with the defaults
+    result = run_gil_demo()            # 10 to 15 s with the defaults on 2 cores
     print(format_report(result))       # or json.dumps(result)
 
 This is why the downloader moves bytes on threads or an event loop and runs its CPU stage
