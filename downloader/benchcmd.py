@@ -28,7 +28,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import MODES
 from .errors import DownloaderError, UsageError
 
 __all__ = ["DEFAULT_FILES", "DEFAULT_LATENCY", "DEFAULT_SIZE", "LEGEND", "POST_EXECUTORS", "Measure",
@@ -110,14 +109,10 @@ def run_bench(urls: list[str] | None, input_file: str | None, modes: list[str], 
 
 
 def _check(urls, input_file, modes, post, runs, jobs) -> tuple[list[str], list[str]]:
+    from .demo import check_modes
     from .postprocess import parse_post_spec
 
-    modes = [m.strip() for m in modes if m.strip()]
-    unknown = [m for m in modes if m not in MODES]
-    if unknown or not modes:
-        raise UsageError(f"--modes: {', '.join(unknown) or 'nothing'} is not one of sequential, thread, async")
-    if len(set(modes)) != len(modes):
-        raise UsageError(f"--modes: {', '.join(modes)} names a mode twice")
+    modes = check_modes(modes)
     try:
         post = [parse_post_spec(spec).name for spec in post]
     except ValueError as exc:

@@ -16,6 +16,7 @@ from typing import List, Optional
 
 import typer
 
+from .config import MODES
 from .errors import DownloaderError, UsageError
 
 EXIT_CODES_HELP = ("Exit codes: 0 everything done (downloaded or already there); 1 some URL failed or "
@@ -289,20 +290,32 @@ def serve(
             raise _fail(f"cannot listen on {where}: {exc.strerror or exc}", 2)
 
 
-@app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound).")
+@app.command(help="Show, in numbers, how the GIL treats threads and processes (CPU-bound and I/O-bound), "
+                  "and what each engine's downloads leave of it to a thread computing beside them.")
 def gil(
     tasks: int = typer.Option(8, "--tasks", min=1, metavar="N", help="How many tasks."),
     n: int = typer.Option(27, "--n", min=1, max=40, metavar="N", help="fib(N) per CPU task."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, metavar="N", help="Pool size (default: "
                                           "CPU count)."),
+    files: int = typer.Option(100, "--files", min=1, metavar="N", help="Files of 16 KiB in the downloads batch."),
+    downloads: bool = typer.Option(True, "--downloads/--no-downloads", help="Also download a batch from the mock "
+                                   "server with each engine, alone and beside a thread computing fib (the "
+                                   "longest part)."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of the table."),
 ) -> None:
     _take_over_signals()
     import json
     from .gil import format_report, run_gil_demo
 
-    result = run_gil_demo(tasks=tasks, n=n, workers=workers)
+    try:
+        result = run_gil_demo(tasks=tasks, n=n, workers=workers, files=files if downloads else None)
+    except DownloaderError as exc:
+        raise _fail(str(exc), 1)
     print(json.dumps(result, indent=2) if json_out else format_report(result))
+
+
+_MODES_HELP = (f"Comma-separated modes to run, of {', '.join(MODES)} (default: each of them, curl only when "
+               "pycurl is installed).")
 
 
 @app.command(help="Run the main job on the built-in mock server in every mode, verify it, compare the modes.")
@@ -312,18 +325,14 @@ def demo(
     jobs: int = typer.Option(16, "-j", "--jobs", min=1, metavar="N", help="Connections in flight."),
     out: Path = typer.Option(Path("demo-out"), "--out", metavar="DIR", help="Where the files go (one folder "
                              "per mode)."),
-    modes: str = typer.Option("sequential,thread,async", "--modes", metavar="MODE,...", help="Comma-separated "
-                              "modes to run."),
+    modes: Optional[str] = typer.Option(None, "--modes", metavar="MODE,...", help=_MODES_HELP,
+                                        show_default=False),
 ) -> None:
     _take_over_signals()
     from .demo import format_table, run_demo
 
-    chosen = [m.strip() for m in modes.split(",") if m.strip()]
-    unknown = [m for m in chosen if m not in ("sequential", "thread", "async")]
-    if unknown or not chosen:
-        raise _fail(f"--modes: {', '.join(unknown) or 'nothing'} is not one of sequential, thread, async", 2)
     try:
-        rows = run_demo(chosen, latency=latency, jobs=jobs, out=out)
+        rows = run_demo(None if modes is None else modes.split(","), latency=latency, jobs=jobs, out=out)
     except UsageError as exc:
         raise _fail(str(exc), 2)
     except DownloaderError as exc:
@@ -343,8 +352,8 @@ def bench(
                                                "latency.", show_default=False),
     input_file: Optional[str] = typer.Option(None, "-i", "--input-file", metavar="FILE", help="A URL file "
                                              "(plain or aria2-style), read again for every run."),
-    modes: str = typer.Option("sequential,thread,async", "--modes", metavar="MODE,...", help="Comma-separated "
-                              "modes to run."),
+    modes: Optional[str] = typer.Option(None, "--modes", metavar="MODE,...", help=_MODES_HELP,
+                                        show_default=False),
     post: List[str] = typer.Option([], "--post", metavar="SPEC", help="Post-process each file: sha256, md5, "
                                    "blake2b, fib:N "
                                    "(repeatable); each mode then runs with post tasks on threads and on "
@@ -358,11 +367,13 @@ def bench(
 ) -> None:
     _take_over_signals()
     from .benchcmd import check_plot_extra, format_table, run_bench, write_json, write_plot
+    from .demo import available_modes
 
     try:
         if plot is not None:
             check_plot_extra()
-        result = run_bench(urls, input_file, modes.split(","), post, runs, jobs,
+        chosen = available_modes() if modes is None else modes.split(",")
+        result = run_bench(urls, input_file, chosen, post, runs, jobs,
                            say=lambda line: print(line, file=sys.stderr, flush=True))
         print()
         print(format_table(result))

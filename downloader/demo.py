@@ -18,6 +18,7 @@ the same from an installed wheel as from `make demo`.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import random
 import re
 import resource
@@ -25,13 +26,16 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import MODES, Options, parse_duration
 from .core.ranges import connections_for
-from .errors import DownloaderError
+from .errors import DownloaderError, UsageError
 
+CURL_EXTRA = "pip install 'downloader[curl]'"
+"""What installs the curl engine's binding, pycurl (an optional extra)."""
 SMALL_FILES = 48
 """Small files in the batch (2 KiB to 64 KiB): where per-file overhead and latency show."""
 MEDIUM_FILES = 10
@@ -135,6 +139,44 @@ def describe(batch: list[DemoFile]) -> str:
     return "\n  ".join(lines)
 
 
+def available_modes() -> list[str]:
+    """The modes of `config.MODES` that can run here, in its order: `curl` only when pycurl can be
+    imported, as it is an optional extra. What `demo`, `bench` and `gil` run when not told.
+
+    >>> available_modes()[:3]
+    ['async', 'thread', 'sequential']
+    """
+    return [mode for mode in MODES if mode != "curl" or _curl_engine_loads()]
+
+
+def _curl_engine_loads() -> bool:
+    """Whether the curl engine imports, which it does only when pycurl does (pycurl can be
+    installed and still fail to load its libcurl). The engine is pycurl's one home, so it is asked."""
+    try:
+        importlib.import_module(".engines.curl", __package__)
+    except ImportError:
+        return False
+    return True
+
+
+def check_modes(modes: Iterable[str], option: str = "--modes") -> list[str]:
+    """The modes named in `modes` (blanks dropped), or UsageError saying, in one line, which is
+    unknown, named twice, or cannot run here (curl without pycurl).
+
+    >>> check_modes(["async", " curl"])
+    ['async', 'curl']
+    """
+    chosen = [mode.strip() for mode in modes if mode.strip()]
+    unknown = [mode for mode in chosen if mode not in MODES]
+    if unknown or not chosen:
+        raise UsageError(f"{option}: {', '.join(unknown) or 'nothing'} is not one of {', '.join(MODES)}")
+    if len(set(chosen)) != len(chosen):
+        raise UsageError(f"{option}: {', '.join(chosen)} names a mode twice")
+    if "curl" in chosen and "curl" not in available_modes():
+        raise UsageError(f"{option}: curl needs pycurl, which cannot be imported: {CURL_EXTRA}")
+    return chosen
+
+
 def start_server(latency: str) -> tuple[subprocess.Popen, str]:
     """The mock server (virtual files only) as a subprocess; returns it and its base URL once it listens.
 
@@ -150,14 +192,23 @@ def start_server(latency: str) -> tuple[subprocess.Popen, str]:
     return proc, match.group(1)
 
 
-def run_demo(modes=MODES, latency: str = "50ms", jobs: int = 16, out: Path = Path("demo-out"),
+def stop_server(server: subprocess.Popen) -> None:
+    """Stop a server from `start_server` and close the pipe it printed its address on."""
+    server.terminate()
+    server.wait(10)
+    server.stdout.close()
+
+
+def run_demo(modes: Iterable[str] | None = None, latency: str = "50ms", jobs: int = 16, out: Path = Path("demo-out"),
              progress: bool | None = None) -> list[dict]:
-    """Download the demo batch once per mode into `out/<mode>/`, check it, and return a row per mode:
-    {mode, files, ok, verified, wall, cpu, bytes}. `progress`: bars (True), lines (False) or bars
-    when stderr is a terminal (None)."""
+    """Download the demo batch once per mode (default: `available_modes()`) into `out/<mode>/`,
+    check it, and return a row per mode: {mode, files, ok, verified, wall, cpu, bytes}. `progress`:
+    bars (True), lines (False) or bars when stderr is a terminal (None). Bad modes or latency raise
+    UsageError before the server starts."""
     from . import Downloader
     from .progress import BarReporter, LineReporter
 
+    modes = available_modes() if modes is None else check_modes(modes)
     parse_duration(latency, "--latency")
     batch = demo_batch()
     server, base = start_server(latency)
@@ -183,8 +234,7 @@ def run_demo(modes=MODES, latency: str = "50ms", jobs: int = 16, out: Path = Pat
             for why in bad[:5]:
                 print(f"   {why}", flush=True)
     finally:
-        server.terminate()
-        server.wait(10)
+        stop_server(server)
     return rows
 
 

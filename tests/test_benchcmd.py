@@ -13,6 +13,8 @@ import pytest
 
 from downloader.benchcmd import (DEFAULT_FILES, LEGEND, POST_EXECUTORS, check_plot_extra, format_table, plot_figure,
                                  run_bench, write_json, write_plot)
+from downloader.config import MODES
+from downloader.demo import available_modes
 from downloader.errors import UsageError
 
 SIZE = 20_000
@@ -29,7 +31,7 @@ def batch(server) -> list[str]:
 
 @pytest.fixture(scope="module")
 def plain(batch) -> dict:
-    return run_bench(batch, None, ["thread", "async"], [], runs=1, jobs=4)
+    return run_bench(batch, None, ["thread", "async", "curl"], [], runs=1, jobs=4)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +53,11 @@ def _check_run(run: dict, files: int, post: bool) -> None:
 
 
 def test_the_result_has_every_documented_field(plain: dict, batch: list[str]) -> None:
-    assert (plain["modes"], plain["post"], plain["runs"], plain["jobs"]) == (["thread", "async"], [], 1, 4)
+    assert (plain["modes"], plain["post"], plain["runs"], plain["jobs"]) == (["thread", "async", "curl"], [], 1, 4)
     assert plain["urls"] == len(batch) and "3 URLs" in plain["source"]
     assert plain["python"] and plain["cpu_count"] >= 1
     assert [(row["name"], row["mode"], row["post_executor"]) for row in plain["rows"]] == [
-        ("thread", "thread", None), ("async", "async", None)]
+        ("thread", "thread", None), ("async", "async", None), ("curl", "curl", None)]
     assert plain["verdict"] == []
     for row in plain["rows"]:
         assert len(row["runs"]) == 1
@@ -120,7 +122,7 @@ def test_without_urls_it_runs_the_default_batch_on_the_mock_server() -> None:
 
 
 @pytest.mark.parametrize("modes, post, runs, input_file, said", [
-    (["async", "ftp"], [], 1, None, "--modes: ftp"),
+    (["async", "ftp"], [], 1, None, "--modes: ftp is not one of async, thread, sequential, curl"),
     ([" ", ""], [], 1, None, "--modes: nothing"),
     (["async", "async"], [], 1, None, "names a mode twice"),
     (["async"], ["fib:99"], 1, None, "--post: post task 'fib:99'"),
@@ -131,6 +133,25 @@ def test_without_urls_it_runs_the_default_batch_on_the_mock_server() -> None:
 def test_bad_input_is_one_usage_error_before_anything_runs(modes, post, runs, input_file, said) -> None:
     with pytest.raises(UsageError, match=said.replace("(", r"\(")):
         run_bench(["http://127.0.0.1:9/never-fetched"], input_file, modes, post, runs)
+
+
+def test_without_pycurl_curl_is_left_out_by_default_and_refused_when_named(monkeypatch) -> None:
+    assert available_modes() == list(MODES)  # pycurl is in the test extra
+    for module in ("pycurl", "downloader.engines.curl"):  # as where pycurl never loaded
+        monkeypatch.setitem(sys.modules, module, None)
+    assert available_modes() == [mode for mode in MODES if mode != "curl"]
+    with pytest.raises(UsageError, match=r"^--modes: curl needs pycurl, which cannot be imported: "
+                                         r"pip install 'downloader\[curl\]'$"):
+        run_bench(["http://127.0.0.1:9/never-fetched"], None, ["async", "curl"], [], 1)
+
+
+@pytest.mark.parametrize("command", ["bench", "demo"])
+def test_an_unknown_mode_is_one_usage_line(command: str, tmp_path) -> None:
+    done = subprocess.run([sys.executable, "-m", "downloader", command, "--modes", "async,ftp"], cwd=tmp_path,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert done.stderr == f"downloader: --modes: ftp is not one of {', '.join(MODES)}\n"
+    assert not any(tmp_path.iterdir())  # nothing started
 
 
 def test_without_matplotlib_the_plot_error_says_how_to_install_it(plain: dict, monkeypatch, tmp_path) -> None:
@@ -213,13 +234,13 @@ def test_with_post_tasks_the_legend_sits_outside_every_panel(matplotlib, with_po
 def test_the_picture_takes_whatever_modes_ran(matplotlib, plain: dict) -> None:
     result = copy.deepcopy(plain)
     extra = copy.deepcopy(result["rows"][-1])
-    extra["name"] = extra["mode"] = "curl"
+    extra["name"] = extra["mode"] = "sequential"
     result["rows"].append(extra)
-    result["modes"].append("curl")
+    result["modes"].append("sequential")
     figure = plot_figure(result)
-    assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == ["thread", "async", "curl"]
+    assert [label.get_text() for label in figure.axes[0].get_yticklabels()] == ["thread", "async", "curl", "sequential"]
     colours = [tuple(bar.get_facecolor()) for bar in figure.axes[0].patches]
-    assert len(set(colours)) == 3
+    assert len(set(colours)) == 4
 
 
 def test_a_batch_of_large_files_shows_megabytes_per_second(matplotlib, plain: dict) -> None:

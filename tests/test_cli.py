@@ -340,7 +340,7 @@ def test_full_disk_fails_that_file_with_one_line(mode, url, tmp_path):
 
 
 def test_gil_json_has_the_documented_fields():
-    proc = run_cli("gil", "--tasks", "2", "--n", "12", "--json")
+    proc = run_cli("gil", "--tasks", "2", "--n", "12", "--files", "2", "--json")
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert {"python", "implementation", "gil_enabled", "cpu_count", "workers", "tasks", "n", "cpu_bound",
@@ -353,7 +353,7 @@ def test_gil_json_has_the_documented_fields():
 
 
 def test_gil_table_names_every_mode():
-    proc = run_cli("gil", "--tasks", "2", "--n", "12")
+    proc = run_cli("gil", "--tasks", "2", "--n", "12", "--no-downloads")
     assert proc.returncode == 0
     for word in ("sequential", "thread", "process"):
         assert word in proc.stdout

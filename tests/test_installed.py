@@ -99,12 +99,13 @@ def test_get_help_runs_from_the_wheel(installed: dict) -> None:
     assert "Usage:" in helped.stdout and "--input-file" in helped.stdout
 
 
-def test_bench_without_urls_runs_from_the_wheel(installed: dict) -> None:
-    benched = _run([installed["bin"] / "downloader", "bench", "--modes", "async", "--runs", "1", "--json", "b.json"],
-                   installed["cwd"], installed["env"])
+def test_bench_without_urls_runs_from_the_wheel_with_libcurl_too(installed: dict) -> None:
+    benched = _run([installed["bin"] / "downloader", "bench", "--modes", "async,curl", "--runs", "1", "--json",
+                    "b.json"], installed["cwd"], installed["env"])
     assert benched.returncode == 0, benched.stdout + benched.stderr
     result = json.loads((installed["cwd"] / "b.json").read_text(encoding="utf-8"))
     assert "mock server" in result["source"]
-    assert result["rows"][0]["median"]["ok"] == result["urls"] > 0
-    assert f"{result['urls']}/{result['urls']}" in benched.stdout
+    assert [row["name"] for row in result["rows"]] == ["async", "curl"]
+    assert all(row["median"]["ok"] == result["urls"] > 0 for row in result["rows"])
+    assert benched.stdout.count(f"{result['urls']}/{result['urls']}") == 2
     assert f"wrote JSON {installed['cwd'].resolve() / 'b.json'}" in benched.stdout.splitlines()
