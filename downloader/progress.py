@@ -22,6 +22,10 @@ MAX_FILE_BARS = 4
 class LineReporter:
     """Plain lines on stderr: messages always, `info` only when verbose."""
 
+    follows_files = False
+    """Whether the file_* events show anything (bars do): transfers skip the calls when not, as a
+    long list of small files would make several per file for nothing."""
+
     def __init__(self, verbose: bool = False, stream=None) -> None:
         self.verbose = verbose
         self.stream = stream or sys.stderr
@@ -48,6 +52,8 @@ class LineReporter:
 class RecordingReporter(LineReporter):
     """Keeps events in `events` (tests assert on what a user would have been shown)."""
 
+    follows_files = True
+
     def __init__(self) -> None:
         super().__init__(verbose=True)
         self.events: list[tuple] = []
@@ -70,6 +76,8 @@ class RecordingReporter(LineReporter):
 
 class BarReporter(LineReporter):
     """tqdm bars on a terminal (see the module docstring)."""
+
+    follows_files = True
 
     def __init__(self, verbose: bool = False, stream=None) -> None:
         super().__init__(verbose, stream)

@@ -62,6 +62,8 @@ class Context:
     """What every transfer of a batch shares."""
 
     def __post_init__(self) -> None:
+        self.follow_files = getattr(self.reporter, "follows_files", True)
+        """Whether the reporter shows per-file progress (else transfers do not tell it)."""
         dest = str(self.options.dest)
         self.dest_prefix = os.path.join(dest, "")
         self.shown_prefix = "" if dest == "." else self.dest_prefix
@@ -147,6 +149,8 @@ class Transfer:
     _closed = False
     _bar_open = False
     _sized = False
+    _helped = False
+    """Whether the scheduler was told this file takes more connections (open_for_help)."""
 
     def __init__(self, job: Job, ctx: Context, host: str) -> None:
         self.job = job
@@ -230,9 +234,11 @@ class Transfer:
             self._start_prefix_hasher()
         self._open_bar()
         self._now_sized()
-        self.ctx.reporter.file_progress(self, self.plan.fetched())
+        if self.ctx.follow_files:
+            self.ctx.reporter.file_progress(self, self.plan.fetched())
         first = self.plan.claim(self._next_piece() if saved.layout == "segments" else None)
         if saved.layout == "segments":
+            self._helped = True
             self.ctx.scheduler.open_for_help(self)
         return first
 
@@ -351,6 +357,7 @@ class Transfer:
             self._start_prefix_hasher()
         self._open_bar()
         if connections > 1:
+            self._helped = True
             self.ctx.scheduler.open_for_help(self)
         return True
 
@@ -397,6 +404,9 @@ class Transfer:
         return connections_for(self.size, ranges, self.ctx.options.segments, self.ctx.options.min_segment_size)
 
     def _start_hasher(self, prefix: int) -> None:
+        if not self.expected and not self.ctx.want_sha256:
+            self.hasher = None
+            return
         algorithms = self._algorithms()
         if not algorithms:
             self.hasher = None
@@ -465,7 +475,8 @@ class Transfer:
                     self.hasher.update(chunk)
                 self._written(seg, n)
             self.received += n
-            self.ctx.reporter.file_progress(self, n)
+            if self.ctx.follow_files:
+                self.ctx.reporter.file_progress(self, n)
         if n < len(data):
             return None
         return self.ctx.limiter.take(n) if self.ctx.limiter is not None else 0.0
@@ -545,7 +556,7 @@ class Transfer:
             self._active -= 1
             last = self._active == 0
             self._closed = last
-        if last:
+        if last and self._helped:
             self.ctx.scheduler.close_for_help(self)
         return last
 
@@ -619,7 +630,8 @@ class Transfer:
             return self._give_up(TransferError(f"gave up after {self.restarts} restarts: {reason}"))
         self.ctx.reporter.info(f"{redact(self.job.url)}: {reason}; starting it again from zero")
         self._drop_hashers()
-        self.ctx.reporter.file_restarted(self)
+        if self._bar_open:
+            self.ctx.reporter.file_restarted(self)
         self.restart_reason = None
         self.validator = Validator()
         self.size = None
@@ -671,7 +683,7 @@ class Transfer:
             self.ctx.scheduler.sized()
 
     def _open_bar(self) -> None:
-        if not self._bar_open:
+        if not self._bar_open and self.ctx.follow_files:
             self._bar_open = True
             self.ctx.reporter.file_started(self, self.name, self.size)
 

@@ -23,13 +23,14 @@ from __future__ import annotations
 import re
 import threading
 from dataclasses import dataclass
+from typing import NamedTuple
 
 _CONTENT_RANGE = re.compile(r"^\s*bytes\s+(\d+)-(\d+)/(\d+|\*)\s*$", re.I)
 
 
-@dataclass(frozen=True)
-class Validator:
-    """What identifies one version of a file on the server."""
+class Validator(NamedTuple):
+    """What identifies one version of a file on the server (a named tuple: every response makes
+    one)."""
 
     etag: str | None = None
     last_modified: str | None = None
