@@ -97,6 +97,12 @@ STOP_POLL = 1.0
 """Seconds between a running shard's looks at the run's stop event (each one a long poll to the
 scheduler, answered at once when the event is set)."""
 
+LEAN = {"distributed.admin.low-level-log-length": 0}
+"""Dask settings of the processes this module starts or connects. By default every batched
+connection keeps its last thousand messages under a megabyte for debugging: a shard's message is
+one, so a client (and a local scheduler) would keep a thousand shards' jobs, 0.7 KB a URL, growing
+with the list. A running scheduler keeps its own: start it with DASK_DISTRIBUTED__ADMIN__LOW_LEVEL_LOG_LENGTH=0."""
+
 log = logging.getLogger("downloader.cluster")
 
 
@@ -426,13 +432,14 @@ def connect(cluster, timeout: float) -> Iterator[distributed.Client]:
     if cluster.startswith("local"):
         local = _local_cluster(int(cluster.partition(":")[2] or 0) or os.cpu_count() or 1)
         try:
-            with distributed.Client(local) as client:
+            with dask.config.set(LEAN), distributed.Client(local) as client:
                 yield client
         finally:
             local.close()
         return
     try:
-        client = distributed.Client(cluster, timeout=timeout)
+        with dask.config.set(LEAN):
+            client = distributed.Client(cluster, timeout=timeout)
     except (OSError, TimeoutError) as exc:
         raise UsageError(f"--cluster: cannot reach the Dask scheduler at {cluster} ({exc})") from None
     try:
@@ -451,7 +458,8 @@ def _local_cluster(workers: int) -> distributed.LocalCluster:
     ignored (the disposition survives their start), so a terminal's Ctrl-C, which reaches the
     whole process group, never kills a worker mid-shard: the client decides what it means. Not
     daemonic, so a worker can run --post tasks on a process pool."""
-    settings = {"distributed.scheduler.allowed-failures": ALLOWED_FAILURES, "distributed.worker.daemon": False}
+    settings = {**LEAN, "distributed.scheduler.allowed-failures": ALLOWED_FAILURES,
+                "distributed.worker.daemon": False}
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
     try:
