@@ -21,11 +21,16 @@ from types import SimpleNamespace
 import pytest
 
 from downloader import Downloader
-from downloader.cluster import ClusterEngine, Journal, RunFolder, ShardCutter, ShardIndex, connect
+from downloader.cluster import (ALLOWED_FAILURES, ClusterEngine, Journal, RunFolder, ShardCutter, ShardIndex,
+                                ShardSpec, connect, run_shard)
 from downloader.config import Options, parse_cluster
 from downloader.core.results import OK, Result
+from downloader.core.schedule import Feed, Scheduler
+from downloader.core.sources import Job
+from downloader.index import Index
 from downloader.mockserver import gen_bytes
 from downloader.postprocess import fib
+from downloader.progress import RecordingReporter
 
 from conftest import run_cli
 
@@ -218,6 +223,52 @@ def test_a_worker_killed_mid_batch_costs_only_time(cluster, url, stats, tmp_path
     assert all(s["bytes_sent"] <= size + 2 * CHUNK + 32 * 1024 for s in sent.values()), sent
     assert any(s["gets"] == 2 for s in sent.values()), "no shard ran again"
     cluster.wait_for_workers(2, timeout=60)  # the nanny restarts the dead worker for the next tests
+
+
+def test_a_poisoned_shard_fails_its_urls_with_one_line_keeping_what_its_journal_has(tmp_path):
+    import distributed
+    index = Index(tmp_path)
+    jobs = [Job(url=f"http://h/{n}.bin", line=n + 1, target=f"{n}.bin", host="h") for n in range(3)]
+    recorded = []
+    scheduler = Scheduler(Feed(iter([jobs])), per_host=None, connections=4)
+    ctx = SimpleNamespace(options=Options.build(tmp_path, cluster="local:2"), index=index, scheduler=scheduler,
+                          reporter=RecordingReporter(), post_submit=recorded.append)
+    engine = ClusterEngine(ctx, 4, cluster="local:2")
+    os.makedirs(engine._folder.root)
+    journal = Journal(engine._folder.journal(7))
+    journal.open()
+    (tmp_path / "0.bin").write_bytes(b"done")
+    journal.write(Result(url=jobs[0].url, status=OK, path=str(tmp_path / "0.bin"), bytes=4, size=4))
+    journal.close()
+
+    class Dead:
+        def result(self):
+            raise distributed.KilledWorker("downloader-shard-x-7", SimpleNamespace(address="tcp://10.0.0.9:4000"), 2)
+
+    engine._collect(Dead(), 7, jobs)
+    by_url = {r.url: r for r in recorded}
+    assert by_url[jobs[0].url].status == OK and by_url[jobs[0].url].path == str(tmp_path / "0.bin")
+    for job in jobs[1:]:
+        assert by_url[job.url].status == "failed" and by_url[job.url].line == job.line
+        assert by_url[job.url].error == ("shard 7: every worker that ran it died (3 in all, the last "
+                                         "tcp://10.0.0.9:4000); see the worker logs")
+    assert not os.path.exists(engine._folder.journal(7))
+    index.close()
+
+
+def test_a_local_cluster_lets_a_shard_kill_its_worker_a_bounded_number_of_times(cluster):
+    assert cluster.run_on_scheduler(lambda dask_scheduler: dask_scheduler.allowed_failures) == ALLOWED_FAILURES
+
+
+def test_a_shard_on_a_worker_that_cannot_see_the_folder_fails_its_urls_with_one_line(cluster, tmp_path):
+    folder = RunFolder(str(tmp_path / "not-there"), "run")
+    spec = ShardSpec(options=Options.build(tmp_path / "not-there"), salt=b"s", folder=folder, stop_event="e",
+                     sums={}, logins={}, want_sha256=False)
+    jobs = [Job(url="http://127.0.0.1:9/a.bin", line=3, target="a.bin", host="127.0.0.1")]
+    [result] = cluster.submit(run_shard, 0, jobs, spec, pure=False).result()
+    assert (result.status, result.line) == ("failed", 3)
+    assert result.error.startswith("worker tcp://127.0.0.1:") and result.error.endswith(
+        f": cannot see {tmp_path / 'not-there'} (the output folder must be shared by every worker)")
 
 
 # ======================================================================== Ctrl-C
