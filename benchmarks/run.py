@@ -1291,7 +1291,7 @@ def print_list_report(scenario: ListScenario, runs_by_mode: dict[str, list[ListR
 
 SHARD_TRIP = """\
 import json, statistics, sys, time
-from downloader.cluster import connect
+from downloader.cluster import ShardResults, connect
 from downloader.core.results import Result
 from downloader.core.sources import Job
 
@@ -1300,8 +1300,8 @@ jobs = [Job(url=f"{base}/m/{i:07d}.bin", line=i + 1, target=f"{i:07d}.bin", host
 
 
 def results_of(jobs):
-    return [Result(url=j.url, status="ok", path="/out/" + j.target, http_status=200, bytes=1024, size=1024,
-                   attempts=1, seconds=0.004, line=j.line) for j in jobs]
+    return ShardResults(Result(url=j.url, status="ok", path="/out/" + j.target, http_status=200, bytes=1024,
+                               size=1024, attempts=1, seconds=0.004, line=j.line) for j in jobs)
 
 
 with connect("local:2", timeout=30) as client:

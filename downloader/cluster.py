@@ -439,7 +439,10 @@ def connect(cluster, timeout: float) -> Iterator[distributed.Client]:
         yield cluster
         return
     if cluster.startswith("local"):
-        local = _local_cluster(int(cluster.partition(":")[2] or 0) or os.cpu_count() or 1)
+        try:
+            local = _local_cluster(int(cluster.partition(":")[2] or 0) or os.cpu_count() or 1)
+        except (OSError, RuntimeError) as exc:  # no port, no process (a script without a __main__ guard)
+            raise UsageError(f"--cluster {cluster}: cannot start a local Dask cluster ({exc})") from None
         try:
             with dask.config.set(LEAN), distributed.Client(local) as client:
                 yield client
