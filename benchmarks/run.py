@@ -1291,7 +1291,7 @@ def print_list_report(scenario: ListScenario, runs_by_mode: dict[str, list[ListR
 
 SHARD_TRIP = """\
 import json, statistics, sys, time
-from downloader.cluster import ShardResults, connect
+from downloader.cluster import ShardJobs, ShardResults, connect
 from downloader.core.results import Result
 from downloader.core.sources import Job
 
@@ -1299,9 +1299,9 @@ base, size = sys.argv[1], int(sys.argv[2])
 jobs = [Job(url=f"{base}/m/{i:07d}.bin", line=i + 1, target=f"{i:07d}.bin", host="127.0.0.1") for i in range(size)]
 
 
-def results_of(jobs):
+def results_of(shard):
     return ShardResults(Result(url=j.url, status="ok", path="/out/" + j.target, http_status=200, bytes=1024,
-                               size=1024, attempts=1, seconds=0.004, line=j.line) for j in jobs)
+                               size=1024, attempts=1, seconds=0.004, line=j.line) for j in shard.jobs())
 
 
 with connect("local:2", timeout=30) as client:
@@ -1310,13 +1310,17 @@ with connect("local:2", timeout=30) as client:
         client.submit(fn, *args, pure=False).result()
         return time.perf_counter() - start
     for _ in range(5):
-        trip(results_of, jobs)
+        trip(results_of, ShardJobs(jobs))
     empty = statistics.median(trip(int) for _ in range(100))
-    shard = statistics.median(trip(results_of, jobs) for _ in range(50))
+    workers_before, client_before = client.run(time.process_time), time.process_time()
+    shard = statistics.median(trip(results_of, ShardJobs(jobs)) for _ in range(50))
+    workers_cpu = sum(client.run(time.process_time).values()) - sum(workers_before.values())
+    client_cpu = time.process_time() - client_before
     start = time.perf_counter()
-    results_of(jobs)
+    results_of(ShardJobs(jobs))
     local = time.perf_counter() - start
-print(json.dumps({"empty_s": empty, "shard_s": shard, "build_s": local, "size": size}))
+print(json.dumps({"empty_s": empty, "shard_s": shard, "build_s": local, "size": size,
+                  "client_cpu_s": client_cpu / 50, "workers_cpu_s": workers_cpu / 50}))
 """
 """Times a task's round trip through a LocalCluster's scheduler: an empty one, and one the size of
 a shard (its Jobs in, a Result each out, built on the worker as run_shard builds them)."""
@@ -1501,7 +1505,9 @@ def print_cluster_report(scenario: ClusterScenario, table: list[ClusterRun], sha
         print(f"shard round trip through the scheduler (local:2): an empty task "
               f"{shard_trip['empty_s'] * 1000:.1f} ms; "
               f"a {shard_trip['size']:,}-URL shard (Jobs in, Results out) {shard_trip['shard_s'] * 1000:.1f} ms, "
-              f"{per_url * 1e6:.1f} us a URL (building its Results alone: {shard_trip['build_s'] * 1000:.1f} ms)")
+              f"{per_url * 1e6:.1f} us a URL (building its Results alone: {shard_trip['build_s'] * 1000:.1f} ms); "
+              f"CPU a shard: {shard_trip['client_cpu_s'] * 1000:.1f} ms in the client and its scheduler, "
+              f"{shard_trip['workers_cpu_s'] * 1000:.1f} ms on the worker")
     else:
         print(f"shard round trip: not measured ({shard_trip.get('error', '?')})")
 

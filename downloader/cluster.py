@@ -15,7 +15,7 @@ shard's results as it comes back::
                                  '--- list[Result] <--------'
 
 A shard is a plain picklable call, `run_shard(number, jobs, spec)`: frozen jobs (URL, claimed
-name, per-URL options) and a `ShardSpec` (frozen options, the folder's salt, --sums digests,
+name, per-URL options, in one pickle) and a `ShardSpec` (frozen options, the folder's salt, --sums digests,
 netrc logins) scattered once per run. No session, lock, open file or SQLite connection crosses
 the wire. This module is the only one that imports dask or distributed, and nothing imports it
 unless a cluster is asked for.
@@ -56,6 +56,7 @@ import json
 import logging
 import multiprocessing
 import os
+import pickle
 import queue
 import random
 import shutil
@@ -305,18 +306,31 @@ class ShardRecorder:
             self.results.append(result)
 
 
+class ShardJobs:
+    """A shard's jobs as they travel: one pickle, opaque to Dask. Given a list of a thousand Jobs,
+    Dask walks it looking for keys of its own, and its scheduler unpickles it and pickles it again
+    for the worker: measured, 9 us a URL of the client's CPU (with a local scheduler) against 2."""
+
+    def __init__(self, jobs: list[Job]) -> None:
+        self.blob = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def jobs(self) -> list[Job]:
+        return pickle.loads(self.blob)
+
+
 class ShardResults(list):
     """What a shard sends back: its Results, in a list Dask pickles whole. A plain list it would
     serialize item by item, a pickle each: four times the time, on the worker and on the client,
     and twice the bytes, for a thousand tiny files."""
 
 
-def run_shard(number: int, jobs: list[Job], spec: ShardSpec) -> ShardResults:
+def run_shard(number: int, shard: ShardJobs, spec: ShardSpec) -> ShardResults:
     """Download a shard's jobs on this worker, with the engine `spec.options.mode` names (async by
     default) and its post tasks; returns a Result per job that ended (none for jobs a stop kept
     from starting). A worker that cannot work here (it cannot see the output folder, its proxy
     settings are wrong) fails every job with one line that says why."""
     folder = spec.folder
+    jobs = shard.jobs()
     proxies = Proxies()
     problem = proxies.problem()
     if not os.path.isfile(folder.marker):
@@ -616,7 +630,7 @@ class ClusterEngine:
                         len(gathered), waited, more_ready=isinstance(polled, Start) or scheduler.feed.ready() > 0,
                         input_ended=scheduler.feed.exhausted, idle_threads=len(flying) < threads):
                     number = next(numbers)
-                    future = client.submit(run_shard, number, gathered, spec, retries=0,
+                    future = client.submit(run_shard, number, ShardJobs(gathered), spec, retries=0,
                                            key=f"downloader-shard-{self._folder.run}-{number}")
                     flying[future] = (number, gathered)
                     future.add_done_callback(self._events.put)
@@ -747,5 +761,5 @@ def _shard_error(number: int, exc: BaseException) -> str:
     return f"shard {number} failed on the cluster: {type(exc).__name__}: {detail}"[:500]
 
 
-__all__ = ["ClusterEngine", "Journal", "RunFolder", "ShardCutter", "ShardIndex", "ShardSpec", "connect",
-           "run_shard", "worker_problem"]
+__all__ = ["ClusterEngine", "Journal", "RunFolder", "ShardCutter", "ShardIndex", "ShardJobs", "ShardResults",
+           "ShardSpec", "connect", "run_shard", "worker_problem"]

@@ -22,7 +22,7 @@ import pytest
 
 from downloader import Downloader
 from downloader.cluster import (ALLOWED_FAILURES, ClusterEngine, Journal, RunFolder, ShardCutter, ShardIndex,
-                                ShardSpec, connect, run_shard)
+                                ShardJobs, ShardSpec, connect, run_shard)
 from downloader.config import Options, parse_cluster
 from downloader.core.results import OK, Result
 from downloader.core.schedule import Feed, Scheduler
@@ -265,7 +265,7 @@ def test_a_shard_on_a_worker_that_cannot_see_the_folder_fails_its_urls_with_one_
     spec = ShardSpec(options=Options.build(tmp_path / "not-there"), salt=b"s", folder=folder, stop_event="e",
                      sums={}, logins={}, want_sha256=False)
     jobs = [Job(url="http://127.0.0.1:9/a.bin", line=3, target="a.bin", host="127.0.0.1")]
-    [result] = cluster.submit(run_shard, 0, jobs, spec, pure=False).result()
+    [result] = cluster.submit(run_shard, 0, ShardJobs(jobs), spec, pure=False).result()
     assert (result.status, result.line) == ("failed", 3)
     assert result.error.startswith("worker tcp://127.0.0.1:") and result.error.endswith(
         f": cannot see {tmp_path / 'not-there'} (the output folder must be shared by every worker)")
