@@ -1326,6 +1326,26 @@ print(json.dumps({"empty_s": empty, "shard_s": shard, "build_s": local, "size": 
 a shard (its Jobs in, a Result each out, built on the worker as run_shard builds them)."""
 
 
+SPIN = "sum(i * i for i in range(6_000_000))"
+"""A second or so of pure-Python work, for `parallel_ceiling`."""
+
+
+def parallel_ceiling() -> float:
+    """How much more work two CPU-bound Python processes do at once than one alone, here and now:
+    2 x (time alone) / (time of the pair). 2.0 on two idle cores; less when the cores are shared
+    with other work (or are two threads of one core). No split of a batch over two processes can
+    beat it."""
+    def timed_spin(count: int) -> float:
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(count)]
+        for proc in procs:
+            proc.wait()
+        return time.perf_counter() - start
+    alone = statistics.median(timed_spin(1) for _ in range(3))
+    pair = statistics.median(timed_spin(2) for _ in range(3))
+    return 2 * alone / pair
+
+
 @dataclass
 class ClusterRun:
     """One run of the cluster scenario: a batch through one engine process or through a cluster."""
@@ -1480,6 +1500,7 @@ def run_cluster_scenario(scenario: ClusterScenario, nginx: "Nginx", cli: CliFeat
     trip = subprocess.run([PYTHON, "-c", SHARD_TRIP, nginx.base, str(scenario.shard_size)], capture_output=True,
                           text=True, env=env, cwd=BENCH, timeout=300)
     shard_trip = json.loads(trip.stdout) if trip.returncode == 0 else {"error": trip.stderr[-500:]}
+    shard_trip["parallel_ceiling"] = parallel_ceiling()
     verdicts = print_cluster_report(scenario, table, shard_trip)
     print(f"({scenario.name} took {time.perf_counter() - started:.0f} s; the {scenario.long:,}-URL list once, the "
           f"{scenario.tiny.describe()} batch {runs} times (medians); CPU from /proc and wait4)")
@@ -1510,6 +1531,13 @@ def print_cluster_report(scenario: ClusterScenario, table: list[ClusterRun], sha
               f"{shard_trip['workers_cpu_s'] * 1000:.1f} ms on the worker")
     else:
         print(f"shard round trip: not measured ({shard_trip.get('error', '?')})")
+    print(f"parallel ceiling: two CPU-bound Python processes at once did {shard_trip['parallel_ceiling']:.2f}x the "
+          "work of one, on this machine at the end of the scenario (2.00x on two idle cores)")
+    for batch in dict.fromkeys(run.batch for run in table):
+        rows = [(how, run) for (b, how), run in medians.items() if b == batch and run.files]
+        print(f"CPU a file, {batch}: " + "; ".join(
+            f"{how} {(run.client_cpu + run.workers_cpu) / run.files * 1000:.3f} ms "
+            f"(+ nginx {run.nginx_cpu / run.files * 1000:.3f})" for how, run in rows))
 
     def judged(name: str, ok: bool | None, detail: str, *depends: ClusterRun) -> dict:
         broken = [run for run in depends if run.error]
