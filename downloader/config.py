@@ -112,7 +112,7 @@ def parse_cluster(value: str | None) -> str | None:
     if problem:
         raise UsageError(f"--cluster: {value!r} is not local, local:N or a scheduler address such as "
                          f"tcp://HOST:8786 ({problem})")
-    return address
+    return address if parts.port or parts.scheme == "inproc" else f"{address.rstrip('/')}:8786"
 
 
 def parse_header(text: str) -> tuple[str, str]:

@@ -366,7 +366,7 @@ def test_help_and_local_runs_never_import_dask(argv, url, tmp_path):
 # ======================================================================== the pieces
 def test_parse_cluster_reads_every_form():
     assert parse_cluster("local") == "local" and parse_cluster("local:4") == "local:4"
-    assert parse_cluster("sched:8786") == "tcp://sched:8786"
+    assert parse_cluster("sched:8786") == "tcp://sched:8786" and parse_cluster("tcp://sched") == "tcp://sched:8786"
     assert parse_cluster("tls://10.0.0.1:8786") == "tls://10.0.0.1:8786"
     assert parse_cluster("") is None and parse_cluster(None) is None
 
