@@ -637,7 +637,31 @@ class ListScenario:
     """No data set to make beforehand: the one file under /m/ is ONE_FILE."""
 
 
-def scenarios(quick: bool) -> list[Scenario | ListScenario]:
+@dataclass(frozen=True)
+class ClusterScenario:
+    """The same batches through one local async process and through `--cluster local:N` (N worker
+    processes, each running the async engine on shards of the list, under a client that reads the
+    list, claims names and records results): wall time, files/s, the client's peak RSS, and where
+    the CPU went (the client, the workers, nginx), each run once. Also the cost of a shard's round
+    trip through the Dask scheduler, measured on its own (SHARD_TRIP)."""
+
+    name: str
+    title: str
+    tiny: DataSet
+    """The many-tiny batch (served from /files/)."""
+    long: int
+    """Lines of the generated list (/m/), the one the speed-up target is judged on."""
+    workers: int
+    jobs: int
+    shard_size: int
+    speedup: float
+    """files/s of --cluster local:N over one local async process, on the long list."""
+    max_rss: int = 150 * 1000 * 1000
+    """Bytes of peak resident memory the client may use, whatever the list length."""
+    data: None = None
+
+
+def scenarios(quick: bool) -> list[Scenario | ListScenario | ClusterScenario]:
     small = DataSet("small", 200 if quick else 1000, 16 * KiB)
     medium = DataSet("medium", 8 if quick else 20, (2 if quick else 4) * MiB)
     big = DataSet("big", 1, (64 if quick else 512) * MiB)
@@ -750,6 +774,12 @@ def scenarios(quick: bool) -> list[Scenario | ListScenario]:
             f"complete {short_list:,}",
             long_list, short_list, window, tiny_jobs,
             (("async", 1200.0), ("curl", 5000.0)),
+        ),
+        ClusterScenario(
+            "cluster",
+            f"{tiny.describe()} from /files/ and a list of {short_list:,} URLs (/m/), {tiny_jobs} connections a "
+            "process: one local async process against --cluster local:2",
+            tiny, short_list, workers=2, jobs=tiny_jobs, shard_size=1000, speedup=1.4,
         ),
     ]
 
@@ -1256,6 +1286,285 @@ def print_list_report(scenario: ListScenario, runs_by_mode: dict[str, list[ListR
 
 
 # ---------------------------------------------------------------------------------------------
+# The cluster scenario: one local async process against --cluster local:N
+
+
+SHARD_TRIP = """\
+import json, statistics, sys, time
+from downloader.cluster import ShardJobs, ShardResults, connect
+from downloader.core.results import Result
+from downloader.core.sources import Job
+
+base, size = sys.argv[1], int(sys.argv[2])
+jobs = [Job(url=f"{base}/m/{i:07d}.bin", line=i + 1, target=f"{i:07d}.bin", host="127.0.0.1") for i in range(size)]
+
+
+def results_of(shard):
+    return ShardResults(Result(url=j.url, status="ok", path="/out/" + j.target, http_status=200, bytes=1024,
+                               size=1024, attempts=1, seconds=0.004, line=j.line) for j in shard.jobs())
+
+
+with connect("local:2", timeout=30) as client:
+    def trip(fn, *args):
+        start = time.perf_counter()
+        client.submit(fn, *args, pure=False).result()
+        return time.perf_counter() - start
+    for _ in range(5):
+        trip(results_of, ShardJobs(jobs))
+    empty = statistics.median(trip(int) for _ in range(100))
+    workers_before, client_before = client.run(time.process_time), time.process_time()
+    shard = statistics.median(trip(results_of, ShardJobs(jobs)) for _ in range(50))
+    workers_cpu = sum(client.run(time.process_time).values()) - sum(workers_before.values())
+    client_cpu = time.process_time() - client_before
+    start = time.perf_counter()
+    results_of(ShardJobs(jobs))
+    local = time.perf_counter() - start
+print(json.dumps({"empty_s": empty, "shard_s": shard, "build_s": local, "size": size,
+                  "client_cpu_s": client_cpu / 50, "workers_cpu_s": workers_cpu / 50}))
+"""
+"""Times a task's round trip through a LocalCluster's scheduler: an empty one, and one the size of
+a shard (its Jobs in, a Result each out, built on the worker as run_shard builds them)."""
+
+
+SPIN = "sum(i * i for i in range(6_000_000))"
+"""A second or so of pure-Python work, for `parallel_ceiling`."""
+
+
+def parallel_ceiling() -> float:
+    """How much more work two CPU-bound Python processes do at once than one alone, here and now:
+    2 x (time alone) / (time of the pair). 2.0 on two idle cores; less when the cores are shared
+    with other work (or are two threads of one core). No split of a batch over two processes can
+    beat it."""
+    def timed_spin(count: int) -> float:
+        start = time.perf_counter()
+        procs = [subprocess.Popen([sys.executable, "-c", SPIN]) for _ in range(count)]
+        for proc in procs:
+            proc.wait()
+        return time.perf_counter() - start
+    alone = statistics.median(timed_spin(1) for _ in range(3))
+    pair = statistics.median(timed_spin(2) for _ in range(3))
+    return 2 * alone / pair
+
+
+@dataclass
+class ClusterRun:
+    """One run of the cluster scenario: a batch through one engine process or through a cluster."""
+
+    batch: str
+    how: str
+    files: int
+    wall: float = 0.0
+    rc: int | None = None
+    client_rss: int = 0
+    """Peak resident memory of the client process alone (VmHWM), in bytes."""
+    client_cpu: float = 0.0
+    """CPU seconds of the client process: the run's total (wait4) less its workers'."""
+    workers_cpu: float = 0.0
+    """CPU seconds of the processes the client started (the Dask workers), as last read from /proc."""
+    nginx_cpu: float = 0.0
+    other_cpu: float = 0.0
+    """CPU seconds the rest of the machine spent meanwhile (other users of the two cores): the
+    machine's busy time from /proc/stat, less the run's and nginx's."""
+    error: str | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.files / self.wall if self.wall else 0.0
+
+
+def machine_busy() -> float:
+    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
+    with open("/proc/stat") as stat:
+        ticks = [int(value) for value in stat.readline().split()[1:]]
+    idle = ticks[3] + (ticks[4] if len(ticks) > 4 else 0)
+    return (sum(ticks[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of a live process, from /proc/PID/stat."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid` (one scan of /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as stat:
+                    parents[int(entry)] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        below = [child for child, parent in parents.items() if parent in frontier]
+        found += below
+        frontier = below
+    return found
+
+
+def measured(argv: list[str], log: Path, env: dict[str, str], timeout: float, server: list[int]) -> ClusterRun:
+    """Run argv to its end; wall time, the client's peak RSS and CPU, its children's CPU (sampled
+    from /proc every 0.1 s: a worker's last tenth of a second counts as the client's), and the
+    CPU the `server` processes spent meanwhile."""
+    run = ClusterRun("", "", 0)
+    os.sync()
+    server_before = sum(cpu_seconds(pid) or 0.0 for pid in server)
+    busy_before = machine_busy()
+    children: dict[int, float] = {}
+    with open(log, "wb") as sink:
+        start = time.perf_counter()
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, cwd=BENCH,
+                                env=env)
+    pid = 0
+    try:
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            run.client_rss = peak_rss(proc.pid) or run.client_rss
+            for child in descendants(proc.pid):
+                children[child] = cpu_seconds(child) or children.get(child, 0.0)
+            if time.perf_counter() - start > timeout:
+                proc.kill()
+                run.error = f"not done after {timeout:.0f} s, killed"
+            time.sleep(0.1)
+    finally:
+        if not pid:
+            proc.kill()
+            os.waitpid(proc.pid, 0)
+    run.wall = time.perf_counter() - start
+    proc.returncode = run.rc = os.waitstatus_to_exitcode(status)
+    run.workers_cpu = sum(children.values())
+    run.client_cpu = max(0.0, usage.ru_utime + usage.ru_stime - run.workers_cpu)
+    run.nginx_cpu = sum(cpu_seconds(pid) or 0.0 for pid in server) - server_before
+    run.other_cpu = max(0.0, machine_busy() - busy_before - run.nginx_cpu - run.client_cpu - run.workers_cpu)
+    if run.rc != 0 and not run.error:
+        run.error = f"exit status {run.rc}"
+    if run.error and log.stat().st_size:
+        run.error += f" [{log_tail(log)}]"
+    return run
+
+
+def run_cluster_scenario(scenario: ClusterScenario, nginx: "Nginx", cli: CliFeatures | None, runs: int,
+                         scratch: Path) -> tuple[list[dict], dict]:
+    """Each batch through one local async process and through --cluster local:N, alternately; then the
+    shard round trip on its own. Returns the verdicts and the raw numbers."""
+    started = time.perf_counter()
+    if cli is None or "--cluster" not in cli.options:
+        reason = "downloader CLI not available" if cli is None else "`get --help` lists no --cluster"
+        print(f"  SKIP {reason}")
+        return [{"variant": "cluster", "target": "all", "status": "SKIP", "detail": reason}], {"skipped": reason}
+    if not importable("distributed"):
+        reason = f"distributed is not importable in {PYTHON} (pip install -e '.[cluster]')"
+        print(f"  SKIP {reason}")
+        return [{"variant": "cluster", "target": "all", "status": "SKIP", "detail": reason}], {"skipped": reason}
+    tiny = ensure_data(scenario.tiny)
+    one = ensure_data(ONE_FILE)[ONE_FILE.names()[0]]
+    work = BENCH / "work" / scenario.name
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    tiny_list = work / "tiny.txt"
+    tiny_list.write_text("".join(f"{nginx.base}/files/{scenario.tiny.folder}/{name}\n"
+                                 for name in scenario.tiny.names()))
+    batches = [(scenario.tiny.describe(), tiny_list, tiny, runs),
+               (f"{scenario.long:,} URLs", url_list(nginx.base, scenario.long), list_digests(scenario.long, one), 1)]
+    ways = [("local async", []),
+            (f"local:{scenario.workers}", ["--cluster", f"local:{scenario.workers}", "--shard-size",
+                                           str(scenario.shard_size)])]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    server = [nginx.proc.pid, *descendants(nginx.proc.pid)]
+    out = scratch / scenario.name / "out"
+    table: list[ClusterRun] = []
+    for batch, listing, expected, repeat in batches:
+        for index in range(repeat):
+            for how, extra in ways:
+                shutil.rmtree(out, ignore_errors=True)
+                print(f"  {batch}, {how}, run {index + 1} of {repeat}", flush=True)
+                argv = [PYTHON, "-m", "downloader", "get", "-i", str(listing), "-d", str(out), "-m", "async",
+                        "-j", str(scenario.jobs), "--no-progress", "-q", *extra]
+                run = measured(argv, work / f"{re.sub(r'[^A-Za-z0-9]+', '_', batch + how)}.{index}.log", env,
+                               600.0, server)
+                run.batch, run.how, run.files = batch, how, len(expected)
+                if not run.error:
+                    run.error = verify(out, expected, DOWNLOADER_STATE)
+                if run.error:
+                    print(f"  ! {scenario.name} / {batch} / {how}: {run.error}", flush=True)
+                table.append(run)
+    shutil.rmtree(out, ignore_errors=True)
+    trip = subprocess.run([PYTHON, "-c", SHARD_TRIP, nginx.base, str(scenario.shard_size)], capture_output=True,
+                          text=True, env=env, cwd=BENCH, timeout=300)
+    shard_trip = json.loads(trip.stdout) if trip.returncode == 0 else {"error": trip.stderr[-500:]}
+    shard_trip["parallel_ceiling"] = parallel_ceiling()
+    verdicts = print_cluster_report(scenario, table, shard_trip)
+    print(f"({scenario.name} took {time.perf_counter() - started:.0f} s; the {scenario.long:,}-URL list once, the "
+          f"{scenario.tiny.describe()} batch {runs} times (medians); CPU from /proc and wait4)")
+    return verdicts, {"runs": [dict(asdict(run), rate=run.rate) for run in table], "shard_trip": shard_trip}
+
+
+def print_cluster_report(scenario: ClusterScenario, table: list[ClusterRun], shard_trip: dict) -> list[dict]:
+    print(f"\n== {scenario.name}: {scenario.title}")
+    print(f"{'batch':<16} {'how':<12} {'wall s':>7} {'files/s':>8} {'client RSS':>11} {'client cpu':>11} "
+          f"{'workers cpu':>12} {'nginx cpu':>10} {'others cpu':>11} {'runs ok':>8}")
+    medians: dict[tuple[str, str], ClusterRun] = {}
+    for batch, how in dict.fromkeys((run.batch, run.how) for run in table):
+        runs = [run for run in table if (run.batch, run.how) == (batch, how)]
+        good = [run for run in runs if not run.error] or runs
+        middle = sorted(good, key=lambda run: run.wall)[len(good) // 2]
+        medians[batch, how] = middle
+        ok = f"{sum(not run.error for run in runs)}/{len(runs)}"
+        print(f"{batch:<16} {how:<12} {middle.wall:>7.2f} {middle.rate:>8,.0f} {middle.client_rss / 1e6:>8.1f} MB "
+              f"{middle.client_cpu:>10.2f}s {middle.workers_cpu:>11.2f}s {middle.nginx_cpu:>9.2f}s "
+              f"{middle.other_cpu:>10.2f}s {ok:>8}")
+    if "shard_s" in shard_trip:
+        per_url = shard_trip["shard_s"] / shard_trip["size"]
+        print(f"shard round trip through the scheduler (local:2): an empty task "
+              f"{shard_trip['empty_s'] * 1000:.1f} ms; "
+              f"a {shard_trip['size']:,}-URL shard (Jobs in, Results out) {shard_trip['shard_s'] * 1000:.1f} ms, "
+              f"{per_url * 1e6:.1f} us a URL (building its Results alone: {shard_trip['build_s'] * 1000:.1f} ms); "
+              f"CPU a shard: {shard_trip['client_cpu_s'] * 1000:.1f} ms in the client and its scheduler, "
+              f"{shard_trip['workers_cpu_s'] * 1000:.1f} ms on the worker")
+    else:
+        print(f"shard round trip: not measured ({shard_trip.get('error', '?')})")
+    print(f"parallel ceiling: two CPU-bound Python processes at once did {shard_trip['parallel_ceiling']:.2f}x the "
+          "work of one, on this machine at the end of the scenario (2.00x on two idle cores)")
+    for batch in dict.fromkeys(run.batch for run in table):
+        rows = [(how, run) for (b, how), run in medians.items() if b == batch and run.files]
+        print(f"CPU a file, {batch}: " + "; ".join(
+            f"{how} {(run.client_cpu + run.workers_cpu) / run.files * 1000:.3f} ms "
+            f"(+ nginx {run.nginx_cpu / run.files * 1000:.3f})" for how, run in rows))
+
+    def judged(name: str, ok: bool | None, detail: str, *depends: ClusterRun) -> dict:
+        broken = [run for run in depends if run.error]
+        status = "FAIL" if broken else "SKIP" if ok is None else "PASS" if ok else "FAIL"
+        detail = f"{broken[0].batch} {broken[0].how}: {broken[0].error}" if broken else detail
+        print(f"  {name}: {status} ({detail})")
+        return {"variant": "cluster", "target": name, "status": status, "detail": detail}
+
+    long_batch = f"{scenario.long:,} URLs"
+    local, cluster = medians.get((long_batch, "local async")), medians.get((long_batch, f"local:{scenario.workers}"))
+    verdicts = []
+    if local and cluster:
+        ratio = cluster.rate / local.rate if local.rate else 0.0
+        verdicts.append(judged(f"local:{scenario.workers} files/s on the {long_batch} list >= {scenario.speedup:g}x "
+                               "one local async process", ratio >= scenario.speedup,
+                               f"{cluster.rate:,.0f} vs {local.rate:,.0f} files/s = {ratio:.2f}x", local, cluster))
+    clusters = [run for run in table if run.how != "local async"]
+    peak = max((run.client_rss for run in clusters), default=0)
+    verdicts.append(judged(f"client peak RSS < {scenario.max_rss / 1e6:g} MB",
+                           peak < scenario.max_rss if peak else None,
+                           ", ".join(f"{run.batch} {run.client_rss / 1e6:.1f} MB" for run in clusters), *clusters))
+    verdicts.append(judged("every run complete and correct", all(not run.error for run in table),
+                           f"{sum(not run.error for run in table)}/{len(table)} runs", *table))
+    return verdicts
+
+
+# ---------------------------------------------------------------------------------------------
 # Report
 
 
@@ -1411,8 +1720,16 @@ def main(argv: list[str] | None = None) -> int:
         report["checks"] = [asdict(check) for check in checks]
         for scenario in chosen:
             print(f"\nrunning {scenario.name} ...", flush=True)
-            many_files = isinstance(scenario, ListScenario) or scenario.data and scenario.data.count >= MANY_FILES
+            many_files = isinstance(scenario, (ListScenario, ClusterScenario)) or \
+                scenario.data and scenario.data.count >= MANY_FILES
             file_costs = {"before": print_file_cost(args.scratch, "before")} if many_files else {}
+            if isinstance(scenario, ClusterScenario):
+                verdicts, raw = run_cluster_scenario(scenario, nginx, cli, runs, args.scratch)
+                file_costs["after"] = print_file_cost(args.scratch, "after")
+                all_good &= all(v["status"] != "FAIL" for v in verdicts)
+                report["scenarios"].append({"name": scenario.name, "title": scenario.title, "verdicts": verdicts,
+                                            "raw": raw, "file_cost": file_costs})
+                continue
             if isinstance(scenario, ListScenario):
                 verdicts, raw = run_list_scenario(scenario, nginx, cli, args.scratch)
                 file_costs["after"] = print_file_cost(args.scratch, "after")

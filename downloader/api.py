@@ -59,12 +59,16 @@ class Downloader:
     ca_certificate, insecure, certificate, private_key, ...).
     `reporter` receives progress events (default: quiet lines on stderr); `report` is a path or a
     text stream for JSON lines, one object per URL; `keep_results=False` keeps only failures in
-    memory, for very long lists.
+    memory, for very long lists. `cluster` runs the batch on Dask (downloader.cluster): "local",
+    "local:N", a scheduler address, or a `distributed.Client` (left open).
     """
 
     def __init__(self, dest: str | os.PathLike = ".", *, reporter=None, report=None,
-                 keep_results: bool = True, **options) -> None:
-        self.options = Options.build(dest, **options)
+                 keep_results: bool = True, cluster=None, **options) -> None:
+        self._cluster = None if cluster is None or isinstance(cluster, str) else _client_of(cluster)
+        """A distributed.Client the caller gave (its address goes into the options)."""
+        self.options = Options.build(dest, cluster=self._cluster.scheduler.address if self._cluster else cluster,
+                                     **options)
         self.reporter = reporter if reporter is not None else LineReporter()
         self.report = report
         self.keep_results = keep_results
@@ -141,7 +145,7 @@ class Downloader:
                 return results
             index = _open_index(opts.dest)
             intake.open(index)
-            post = self._post = _post_stage(opts, post_tasks, recorder)
+            post = self._post = None if opts.cluster else _post_stage(opts, post_tasks, recorder)
             ctx = Context(options=opts, index=index, scheduler=scheduler, reporter=self.reporter,
                           policy=RetryPolicy(attempts=opts.retries + 1, base=opts.retry_base, cap=opts.retry_cap),
                           rng=random.Random(opts.seed),
@@ -150,7 +154,8 @@ class Downloader:
                           tls=tls, signal_handler=self._on_signal)
             ctx.post_submit = post.submit if post else recorder.record
             ctx.post_submit_async = post.submit_async if post else None
-            engine = self._engine = _engine(opts.mode)(ctx, opts.jobs)
+            engine = self._engine = _cluster_engine(ctx, self._cluster or opts.cluster) if opts.cluster \
+                else _engine(opts.mode)(ctx, opts.jobs)
             if scheduler.stopping:
                 engine.stop()
             engine.run()
@@ -420,6 +425,24 @@ def _engine(mode: str):
         return CurlEngine
     from .engines.sync import ThreadEngine
     return ThreadEngine
+
+
+def _cluster_engine(ctx: Context, cluster):
+    """The engine that runs the batch's jobs on a Dask cluster, in shards (post tasks go with them)."""
+    try:
+        from .cluster import ClusterEngine
+    except ImportError as exc:
+        raise UsageError(f"--cluster needs dask[distributed], which cannot be imported ({exc}): "
+                         "pip install 'downloader[cluster]'") from exc
+    return ClusterEngine(ctx, ctx.options.jobs, cluster=cluster)
+
+
+def _client_of(cluster):
+    """A `distributed.Client` given as `cluster=`, checked by its look (importing distributed here
+    would cost every local run its start-up time)."""
+    if not hasattr(cluster, "submit") or not hasattr(getattr(cluster, "scheduler", None), "address"):
+        raise UsageError(f"cluster: {cluster!r} is not local, local:N, a scheduler address or a distributed.Client")
+    return cluster
 
 
 def _nearest_existing(path: Path) -> Path:

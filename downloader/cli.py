@@ -125,11 +125,12 @@ def get(
     input_file: List[str] = typer.Option([], "-i", "--input-file", metavar="FILE", help="A URL file (plain or "
                                          "aria2-style); '-' is stdin; repeatable.", show_default=False),
     dest: Path = typer.Option(Path("."), "-d", "--dir", metavar="DIR", help="Output folder, created if missing."),
-    mode: Mode = typer.Option(Mode.async_, "-m", "--mode", help="Engine."),
+    mode: Mode = typer.Option(Mode.async_, "-m", "--mode", help="Engine (with --cluster, the one every "
+                              "worker runs: async by default)."),
     jobs: int = typer.Option(16, "-j", "--jobs", min=1, metavar="N", help="Connections in flight at once, "
-                             "segments included."),
+                             "segments included (per worker with --cluster)."),
     per_host: Optional[int] = typer.Option(None, "--per-host", min=1, metavar="N", help="Connections to one "
-                                           "host at once (default: no extra cap)."),
+                                           "host at once (default: no extra cap; per worker with --cluster)."),
     retries: int = typer.Option(5, "--retries", min=0, metavar="N", help="Retries after the first try."),
     timeout: str = typer.Option("30", "--timeout", metavar="DURATION", help="Connect timeout and stall "
                                 "timeout (no byte for that long): 30, 30s, 2m; never a cap on a whole "
@@ -145,7 +146,8 @@ def get(
     min_segment_size: str = typer.Option("8M", "--min-segment-size", metavar="SIZE", help="Smallest segment "
                                          "(e.g. 512K, 8M)."),
     max_speed: Optional[str] = typer.Option(None, "--max-speed", metavar="RATE", help="Cap for the whole batch "
-                                            "in bytes per second (2M, 500K); 0 means no limit."),
+                                            "in bytes per second (2M, 500K); 0 means no limit. With --cluster, "
+                                            "split evenly over the workers."),
     checksum: Optional[str] = typer.Option(None, "--checksum", metavar="ALGO=HEX", help="Digest the file must "
                                            "match (one URL)."),
     sums: Optional[Path] = typer.Option(None, "--sums", metavar="FILE", help="A sha256sum/md5sum-style file to "
@@ -157,7 +159,16 @@ def get(
     post_executor: PostExecutor = typer.Option(PostExecutor.process, "--post-executor",
                                                help="Where post tasks run."),
     post_workers: Optional[int] = typer.Option(None, "--post-workers", min=1, metavar="N", help="Post workers "
-                                               "(default: CPU count)."),
+                                               "(default: CPU count; per worker with --cluster)."),
+    cluster: Optional[str] = typer.Option(None, "--cluster", metavar="local[:N]|ADDRESS", envvar="DOWNLOADER_CLUSTER",
+                                          help="Run the batch on Dask: 'local' or 'local:N' starts N worker "
+                                          "processes here (default: the CPU count), an address such as "
+                                          "tcp://sched:8786 uses a running scheduler. Each worker runs the --mode "
+                                          "engine (async by default) and the --post tasks on shards of the list; "
+                                          "the output folder must be shared by every worker. Needs "
+                                          "downloader[cluster].", show_default=False),
+    shard_size: int = typer.Option(1000, "--shard-size", min=1, metavar="N", help="URLs per shard, the unit "
+                                   "of work a --cluster worker takes."),
     report: Optional[Path] = typer.Option(None, "--report", metavar="FILE", help="JSON lines, one object per "
                                           "URL."),
     progress: Optional[bool] = typer.Option(None, "--progress/--no-progress", help="Bars (default: when "
@@ -191,7 +202,7 @@ def get(
             max_speed=max_speed, checksum=checksum, sums_file=sums, manifest=manifest, post=post,
             post_executor=post_executor.value, post_workers=post_workers, chunk_size=chunk_size,
             ca_certificate=ca_certificate, insecure=insecure, certificate=certificate, private_key=private_key,
-            reporter=reporter, report=report, keep_results=False)
+            cluster=cluster, shard_size=shard_size, reporter=reporter, report=report, keep_results=False)
         for url in urls or []:
             downloader.enqueue(url)
         if input_file.count("-") > 1:

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from .errors import UsageError
 
@@ -70,6 +71,48 @@ def parse_duration(value: str | int | float, what: str = "duration") -> float:
     if seconds < 0:
         raise UsageError(f"{what}: {value!r} must not be negative")
     return seconds
+
+
+CLUSTER_SCHEMES = ("tcp", "tls", "ws", "wss", "ucx", "inproc")
+"""The transports a Dask scheduler address may name (`tcp://` is the usual one)."""
+_LOCAL_CLUSTER = re.compile(r"^local(?::(\d+))?$")
+
+
+def parse_cluster(value: str | None) -> str | None:
+    """Where `--cluster` runs the batch, checked: `"local"`, `"local:N"` (N worker processes on this
+    machine) or a Dask scheduler address; None (or an empty string) runs it here, without Dask.
+
+        >>> parse_cluster("sched.example.org:8786")
+        'tcp://sched.example.org:8786'
+
+    A bare `HOST:PORT` means `tcp://` (as `dask worker HOST:PORT` reads it); the port defaults to
+    Dask's 8786. Only the form is checked here: whether a scheduler answers is known on connecting."""
+    if value is None or not str(value).strip():
+        return None
+    text = str(value).strip()
+    local = _LOCAL_CLUSTER.match(text)
+    if local or text.startswith("local:"):
+        if not local or (local.group(1) is not None and int(local.group(1)) < 1):
+            raise UsageError(f"--cluster: {value!r}: local:N takes a number of workers of at least 1 "
+                             "(local:1, local:4)")
+        return text
+    address = text if "://" in text else f"tcp://{text}"
+    problem = None
+    try:
+        parts = urlsplit(address)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        problem = str(exc)
+    else:
+        if parts.scheme not in CLUSTER_SCHEMES:
+            problem = f"{parts.scheme}:// is not a Dask transport ({', '.join(CLUSTER_SCHEMES)})"
+        elif not parts.hostname and parts.scheme != "inproc" or parts.path.strip("/") or parts.query \
+                or any(c.isspace() for c in text):
+            problem = "not HOST:PORT"
+    if problem:
+        raise UsageError(f"--cluster: {value!r} is not local, local:N or a scheduler address such as "
+                         f"tcp://HOST:8786 ({problem})")
+    return address if parts.port or parts.scheme == "inproc" else f"{address.rstrip('/')}:8786"
 
 
 def parse_header(text: str) -> tuple[str, str]:
@@ -146,6 +189,15 @@ class Options:
     this file too."""
     private_key: Path | None = None
     """The private key (PEM, not passphrase-protected) of `certificate`."""
+    cluster: str | None = None
+    """Where the batch runs: None here; "local" or "local:N" on a Dask LocalCluster of N worker
+    processes started for the batch; or the address of a running Dask scheduler
+    ("tcp://sched:8786"). On a cluster, `jobs`, `per_host` and `post_workers` count per worker
+    (each runs the `mode` engine on its shards), and `max_speed` is split evenly over them."""
+    shard_size: int = 1000
+    """URLs per shard, the unit of work a cluster worker takes (with `cluster` only): big enough
+    that a shard's trip through the Dask scheduler costs nothing next to its downloads, small
+    enough that the tail of a batch spreads over every worker."""
 
     @classmethod
     def build(cls, dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
@@ -156,12 +208,13 @@ class Options:
               chunk_size: str | int = 256 * 1024, post=(), post_executor: str = "process",
               post_workers: int | None = None, seed: int | None = None, retry_base: float = 0.25,
               retry_cap: float = 30.0, max_redirects: int = 10, ca_certificate=None, insecure: bool = False,
-              certificate=None, private_key=None) -> "Options":
+              certificate=None, private_key=None, cluster: str | None = None,
+              shard_size: int = 1000) -> "Options":
         """Options from loose input, with every value checked; raises UsageError naming the option."""
         if mode not in MODES:
             raise UsageError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
         for name, value, low in (("--jobs", jobs, 1), ("--retries", retries, 0), ("--segments", segments, 1),
-                                 ("max_redirects", max_redirects, 0)):
+                                 ("max_redirects", max_redirects, 0), ("--shard-size", shard_size, 1)):
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise UsageError(f"{name}: {value!r} must be a whole number of at least {low}")
         if per_host is not None and (not isinstance(per_host, int) or per_host < 1):
@@ -193,7 +246,8 @@ class Options:
                    seed=seed, retry_base=parse_duration(retry_base, "retry_base"),
                    retry_cap=parse_duration(retry_cap, "retry_cap"), max_redirects=max_redirects,
                    ca_certificate=_path(ca_certificate), insecure=bool(insecure),
-                   certificate=_path(certificate), private_key=_path(private_key))
+                   certificate=_path(certificate), private_key=_path(private_key),
+                   cluster=parse_cluster(cluster), shard_size=shard_size)
 
 
 def _path(value: str | os.PathLike | None) -> Path | None:

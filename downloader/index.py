@@ -79,6 +79,12 @@ class Index:
         self._db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", (os.urandom(16),))
         return bytes(self._db.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()[0])
 
+    @property
+    def salt(self) -> bytes:
+        """The folder's salt, for whoever must key URLs as `key` does without opening the index
+        (a cluster worker: see downloader.cluster)."""
+        return self._salt
+
     def key(self, url: str) -> str:
         """How this folder keeps `url` (in the index and in state files): see core.redirects.url_key."""
         return url_key(url, self._salt)
