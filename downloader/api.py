@@ -184,6 +184,8 @@ class Downloader:
         """Everything about the options that can be wrong, found before anything is opened:
         returns the --sums digests, the parsed --post tasks, the proxy and the TLS settings."""
         opts = self.options
+        if opts.mode == "curl" and not _importable("pycurl"):
+            raise UsageError("--mode curl needs pycurl, which is not installed: pip install 'downloader[curl]'")
         proxies = Proxies()
         if proxies.problem():
             raise UsageError(proxies.problem())
@@ -443,6 +445,16 @@ def _client_of(cluster):
     if not hasattr(cluster, "submit") or not hasattr(getattr(cluster, "scheduler", None), "address"):
         raise UsageError(f"cluster: {cluster!r} is not local, local:N, a scheduler address or a distributed.Client")
     return cluster
+
+
+def _importable(module: str) -> bool:
+    """Whether `module` can be found, without importing it (the engine is imported while the
+    input is read; this only catches a missing one before anything is created)."""
+    from importlib.util import find_spec
+    try:
+        return find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: a None entry in sys.modules
+        return False
 
 
 def _nearest_existing(path: Path) -> Path:

@@ -378,3 +378,20 @@ def test_interrupt_during_post_work_keeps_the_report_and_leaves_no_process(url, 
     # none died mid-task (which tasks were still queued depends on timing)
     for post in (p for r in rows for p in r["post"]):
         assert post["value"] == 5702887 or "cancelled" in (post["error"] or ""), post
+
+
+def test_the_curl_mode_without_pycurl_is_one_line_saying_how_to_install_it(url, tmp_path):
+    """Where pycurl's wheel cannot be installed, the tool still works, and --mode curl says what
+    to do in one line (run as a program whose pycurl cannot be imported)."""
+    program = ("import sys; sys.modules['pycurl'] = None; sys.argv = ['downloader'] + sys.argv[1:]; "
+               "from downloader.__main__ import run; run()")
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    u = url("/gen/nocurl.bin", size=10)
+    proc = subprocess.run([sys.executable, "-c", program, "get", u, "-d", str(tmp_path), "-m", "curl"],
+                          capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--mode curl needs pycurl" in lines[0] and "pip install 'downloader[curl]'" in lines[0]
+    other = subprocess.run([sys.executable, "-c", program, "get", u, "-d", str(tmp_path), "-m", "async"],
+                           capture_output=True, text=True, timeout=60, env=env, stdin=subprocess.DEVNULL)
+    assert other.returncode == 0, other.stderr
