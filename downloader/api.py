@@ -280,7 +280,7 @@ def _kill_children() -> None:
             pass
 
 
-def download(urls: Iterable[str] | str, dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
+def download(urls: Iterable[str] | str, dest: str | os.PathLike = ".", *, mode: str | None = None, jobs: int = 16,
              **options) -> Results:
     """Download `urls` (a list of URLs, or one URL as a string) into `dest`; returns Results
     (ok, skipped, failed, interrupted, totals)."""

@@ -125,8 +125,9 @@ def get(
     input_file: List[str] = typer.Option([], "-i", "--input-file", metavar="FILE", help="A URL file (plain or "
                                          "aria2-style); '-' is stdin; repeatable.", show_default=False),
     dest: Path = typer.Option(Path("."), "-d", "--dir", metavar="DIR", help="Output folder, created if missing."),
-    mode: Mode = typer.Option(Mode.async_, "-m", "--mode", help="Engine (with --cluster, the one every "
-                              "worker runs: async by default)."),
+    mode: Optional[Mode] = typer.Option(None, "-m", "--mode", help="Engine [default: curl when pycurl is "
+                                        "installed, else async; with --cluster, the one every worker runs: "
+                                        "async unless given].", show_default=False),
     jobs: int = typer.Option(16, "-j", "--jobs", min=1, metavar="N", help="Connections in flight at once, "
                              "segments included (per worker with --cluster)."),
     per_host: Optional[int] = typer.Option(None, "--per-host", min=1, metavar="N", help="Connections to one "
@@ -196,7 +197,8 @@ def get(
     reporter = BarReporter(verbose=verbose) if show_bars else LineReporter(verbose=verbose and not quiet)
     try:
         downloader = api.Downloader(
-            dest, mode=mode.value, jobs=jobs, per_host=per_host, retries=retries, timeout=timeout,
+            dest, mode=mode.value if mode is not None else None, jobs=jobs, per_host=per_host, retries=retries,
+            timeout=timeout,
             headers=header, overwrite=overwrite, check_integrity=check_integrity, segments=segments,
             min_segment_size=min_segment_size,
             max_speed=max_speed, checksum=checksum, sums_file=sums, manifest=manifest, post=post,

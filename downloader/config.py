@@ -21,6 +21,19 @@ from .errors import UsageError
 MODES = ("async", "thread", "sequential", "curl")
 """The engines a user can pick with --mode."""
 
+
+def default_mode() -> str:
+    """The engine used when none is asked for: "curl" when pycurl is installed (the `curl` extra),
+    which measured fastest on every benchmark but one big file (where it is level with threads),
+    else "async", which needs nothing beyond the base install. Both behave the same; only the
+    speed differs. (A cluster's workers run "async" unless told: they may not have pycurl.)"""
+    from importlib.util import find_spec
+    try:
+        return "curl" if find_spec("pycurl") is not None else "async"
+    except (ImportError, ValueError):
+        return "async"
+
+
 _SIZE_UNITS = {"": 1, "B": 1, "K": 1024, "KB": 1000, "KIB": 1024, "M": 1024 ** 2, "MB": 1000 ** 2,
                "MIB": 1024 ** 2, "G": 1024 ** 3, "GB": 1000 ** 3, "GIB": 1024 ** 3}
 _DURATION_UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "min": 60.0, "h": 3600.0}
@@ -200,7 +213,7 @@ class Options:
     enough that the tail of a batch spreads over every worker."""
 
     @classmethod
-    def build(cls, dest: str | os.PathLike = ".", *, mode: str = "async", jobs: int = 16,
+    def build(cls, dest: str | os.PathLike = ".", *, mode: str | None = None, jobs: int = 16,
               per_host: int | None = None, retries: int = 5, timeout: str | float = 30.0,
               headers=(), overwrite: bool = False, check_integrity: bool = False, segments: int = 4,
               min_segment_size: str | int = "8M", max_speed: str | int | None = None,
@@ -210,7 +223,10 @@ class Options:
               retry_cap: float = 30.0, max_redirects: int = 10, ca_certificate=None, insecure: bool = False,
               certificate=None, private_key=None, cluster: str | None = None,
               shard_size: int = 1000) -> "Options":
-        """Options from loose input, with every value checked; raises UsageError naming the option."""
+        """Options from loose input, with every value checked; raises UsageError naming the option.
+        With no `mode`, the default engine (`default_mode`)."""
+        if mode is None:
+            mode = "async" if cluster else default_mode()
         if mode not in MODES:
             raise UsageError(f"--mode: {mode!r} is not one of {', '.join(MODES)}")
         for name, value, low in (("--jobs", jobs, 1), ("--retries", retries, 0), ("--segments", segments, 1),
