@@ -7,12 +7,13 @@ retry, no resume, no index, no report. Exit status 0 when every URL answered 200
     .venv/bin/python benchmarks/bare_aiohttp.py -j 64 -d OUT LIST
 """
 
-import argparse
 import asyncio
 import os
 import sys
 
 import aiohttp
+
+import bare_cli  # beside this script
 
 
 async def fetch_all(urls: list[str], out: str, jobs: int) -> list[str]:
@@ -43,18 +44,7 @@ async def fetch_all(urls: list[str], out: str, jobs: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("list", help="file with one URL a line")
-    parser.add_argument("-d", "--dir", required=True, help="output folder")
-    parser.add_argument("-j", "--jobs", type=int, default=64, help="worker tasks (connections)")
-    args = parser.parse_args(argv)
-    with open(args.list, encoding="utf-8") as lines:
-        urls = [line.strip() for line in lines if line.strip()]
-    os.makedirs(args.dir, exist_ok=True)
-    failures = asyncio.run(fetch_all(urls, args.dir, args.jobs))
-    for line in failures[:5]:
-        print(line, file=sys.stderr)
-    return 1 if failures else 0
+    return bare_cli.run(fetch_all, __doc__.splitlines()[0], "worker tasks", argv)
 
 
 if __name__ == "__main__":

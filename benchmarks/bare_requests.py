@@ -7,12 +7,13 @@ retry, no resume, no index, no report. Exit status 0 when every URL answered 200
     .venv/bin/python benchmarks/bare_requests.py -j 64 -d OUT LIST
 """
 
-import argparse
 import os
 import sys
 import threading
 
 import requests
+
+import bare_cli  # beside this script
 
 
 def fetch_all(urls: list[str], out: str, jobs: int) -> list[str]:
@@ -45,18 +46,7 @@ def fetch_all(urls: list[str], out: str, jobs: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("list", help="file with one URL a line")
-    parser.add_argument("-d", "--dir", required=True, help="output folder")
-    parser.add_argument("-j", "--jobs", type=int, default=64, help="threads (connections)")
-    args = parser.parse_args(argv)
-    with open(args.list, encoding="utf-8") as lines:
-        urls = [line.strip() for line in lines if line.strip()]
-    os.makedirs(args.dir, exist_ok=True)
-    failures = fetch_all(urls, args.dir, args.jobs)
-    for line in failures[:5]:
-        print(line, file=sys.stderr)
-    return 1 if failures else 0
+    return bare_cli.run(fetch_all, __doc__.splitlines()[0], "threads", argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import requests
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import run_cli
+from conftest import needs_ipv6, run_cli
 from downloader.mockserver import BLOCK_LENGTH, FAULT_KINDS, RAW_CASES, MockConfig, MockServer, gen_bytes, plan_body
 
 SIZE = 300_000
@@ -776,20 +776,6 @@ def test_tls_without_trustme_says_which_extra_to_install(monkeypatch):
 
 
 # --- IPv6 ----------------------------------------------------------------------------------------
-
-
-def _has_ipv6_loopback() -> bool:
-    if not socket.has_ipv6:
-        return False
-    try:
-        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
-            probe.bind(("::1", 0))
-    except OSError:
-        return False
-    return True
-
-
-needs_ipv6 = pytest.mark.skipif(not _has_ipv6_loopback(), reason="this machine has no IPv6 loopback (::1)")
 
 
 @needs_ipv6
