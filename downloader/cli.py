@@ -77,7 +77,6 @@ def version_report() -> str:
     pycurl is, because libcurl's version (and whether it loads at all) is known only that way."""
     import platform
     from importlib import metadata
-    from importlib.util import find_spec
 
     from . import __version__
 
@@ -98,9 +97,6 @@ def version_report() -> str:
         except (ImportError, IndexError) as exc:
             libcurl = f"cannot be loaded: {exc}"
         lines.append(f"pycurl {pycurl_version} ({libcurl})")
-    uvloop_version = installed("uvloop")
-    if uvloop_version and find_spec("uvloop") is not None:
-        lines.append(f"uvloop {uvloop_version}")
     return "\n".join(lines)
 
 

