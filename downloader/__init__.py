@@ -1,4 +1,4 @@
-"""downloader: a parallel file downloader with sequential, thread and async engines.
+"""downloader: a parallel file downloader with sequential, thread, async and curl engines.
 
     >>> from downloader import download
     >>> results = download(["https://example.org/a.iso"], "out", mode="async")  # doctest: +SKIP

@@ -24,8 +24,9 @@ EXIT_CODES_HELP = ("Exit codes: 0 everything done (downloaded or already there);
 
 app = typer.Typer(add_completion=True, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
-                  help="Parallel file downloader: sequential, thread and async engines; segmented, "
-                       "resumable, verified downloads; a misbehaving mock server to test against.\n\n"
+                  help="Parallel file downloader: sequential, thread, async and curl (libcurl) engines; "
+                       "segmented, resumable, verified downloads; lists from files or pipes; a Dask "
+                       "cluster backend; a misbehaving mock server to test against.\n\n"
                        + EXIT_CODES_HELP)
 
 
