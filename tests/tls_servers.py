@@ -53,7 +53,50 @@ def self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
     return cert_file, key_file
 
 
-class TlsServer:
+class _Listener:
+    """A listening socket on 127.0.0.1 served by a thread per connection; leaving the `with` block
+    stops listening, wakes every thread still reading and waits for them."""
+
+    def __init__(self) -> None:
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._threads: list[threading.Thread] = []
+        self._sockets: list[socket.socket] = []
+
+    def __enter__(self):
+        self._start(self._accept)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        _stop_listening(self._listener)
+        for sock in self._sockets:  # wakes the threads still reading from a client
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for thread in self._threads:
+            thread.join(5)
+        for sock in self._sockets:
+            sock.close()
+
+    def _start(self, target, *args) -> None:
+        thread = threading.Thread(target=target, args=args, daemon=True)
+        self._threads.append(thread)
+        thread.start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            self._connected(conn)
+
+    def _connected(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+
+class TlsServer(_Listener):
     """HTTPS on 127.0.0.1 from a thread per connection, answering every GET with BODY. Connections
     stay open until the client closes them: a server that closes first leaves asyncio's TLS shutdown
     of the client's side running when the async engine's loop ends (a ResourceWarning, now and then).
@@ -91,43 +134,17 @@ class TlsServer:
             context.maximum_version = max_version
         self.context = context
         self.handshakes = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}/tls.bin"
-        self._threads: list[threading.Thread] = []
-        self._connections: list[socket.socket] = []
+        super().__init__()
+        self.url = f"https://127.0.0.1:{self.port}/tls.bin"
 
-    def __enter__(self) -> TlsServer:
-        self._start(self._accept)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        _stop_listening(self._listener)
-        for conn in self._connections:  # wakes the threads still reading from a client
-            try:
-                conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        for thread in self._threads:
-            thread.join(5)
-
-    def _start(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self.handshakes += 1
-            self._start(self._serve, conn)
+    def _connected(self, conn: socket.socket) -> None:
+        self.handshakes += 1
+        self._start(self._serve, conn)
 
     def _serve(self, conn: socket.socket) -> None:
         conn.settimeout(5)
         tls = self.context.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
-        self._connections.append(tls)
+        self._sockets.append(tls)
         try:
             tls.do_handshake()
         except (ssl.SSLError, OSError):
@@ -163,7 +180,7 @@ def _close_gently(conn: socket.socket) -> None:
         conn.close()
 
 
-class Relay:
+class Relay(_Listener):
     """A TCP relay on 127.0.0.1 in front of `target` (host, port): `connections` counts what
     clients opened (every try of a download opens one); the first `reset_first` are cut with a TCP
     reset once the client's first bytes (its TLS ClientHello) arrive, a handshake dropped by the
@@ -173,47 +190,19 @@ class Relay:
         self.target = target
         self.reset_first = reset_first
         self.connections = 0
-        self._listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self._listener.getsockname()[1]
-        self._sockets: list[socket.socket] = []
-        self._threads: list[threading.Thread] = []
+        super().__init__()
 
-    def __enter__(self) -> Relay:
-        self._start(self._accept)
-        return self
-
-    def __exit__(self, *exc_info) -> None:
-        _stop_listening(self._listener)
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            sock.close()
-        for thread in self._threads:
-            thread.join(5)
-
-    def _start(self, target, *args) -> None:
-        thread = threading.Thread(target=target, args=args, daemon=True)
-        self._threads.append(thread)
-        thread.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self._listener.accept()
-            except OSError:
-                return
-            self.connections += 1
-            if self.connections <= self.reset_first:
-                conn.recv(65536)
-                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                conn.close()
-                continue
-            upstream = socket.create_connection(self.target)
-            self._sockets += [conn, upstream]
-            self._start(self._pump, conn, upstream)
-            self._start(self._pump, upstream, conn)
+    def _connected(self, conn: socket.socket) -> None:
+        self.connections += 1
+        if self.connections <= self.reset_first:
+            conn.recv(65536)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()
+            return
+        upstream = socket.create_connection(self.target)
+        self._sockets += [conn, upstream]
+        self._start(self._pump, conn, upstream)
+        self._start(self._pump, upstream, conn)
 
     @staticmethod
     def _pump(source: socket.socket, sink: socket.socket) -> None:
