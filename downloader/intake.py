@@ -26,7 +26,7 @@ import threading
 from typing import Callable, Iterable, Iterator
 
 from .config import Options
-from .core.digests import Expected, parse_checksum
+from .core.digests import Expected, parse_checksum, user_digests
 from .core.existing import FETCH, SKIP, VERIFY, after_hashing, on_disk
 from .core.naming import relative_target
 from .core.redirects import split_userinfo
@@ -212,7 +212,8 @@ class Intake:
                 present = os.stat(path).st_size
             except OSError:
                 present = None
-        verdict = on_disk(entry, present, self._digests(job, name), self.options.check_integrity)
+        digests = user_digests(name, job.checksum, self._checksum, self.sums)
+        verdict = on_disk(entry, present, digests, self.options.check_integrity)
         if verdict.action == VERIFY:
             verdict = after_hashing(verdict.expected, self._hash(path, {e.algorithm for e in verdict.expected}))
             self.checked += 1
@@ -225,21 +226,6 @@ class Intake:
         assert verdict.action == FETCH
         return Job(job.url, job.line, job.name, job.subdir, job.headers, job.checksum, name, host_of(job.url),
                    entry is not None or self.index.orphans, verdict.reason or None)
-
-    def _digests(self, job: Job, name: str) -> list[Expected]:
-        """What the user said this URL's bytes must hash to."""
-        if not (job.checksum or self._checksum or self.sums):
-            return []
-        found = []
-        if job.checksum:
-            found.append(parse_checksum(job.checksum, "checksum= in the URL file"))
-        if self._checksum is not None:
-            found.append(self._checksum)
-        if self.sums:
-            by_name = self.sums.get(os.path.basename(name)) or self.sums.get(name)
-            if by_name:
-                found.append(by_name)
-        return found
 
     def _hash(self, path: str, algorithms: set[str]) -> dict[str, str]:
         from .sink import file_digests

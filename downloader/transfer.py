@@ -29,11 +29,10 @@ from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from .config import Options
-from .core.digests import Expected, parse_checksum, server_digests
+from .core.digests import Expected, parse_checksum, server_digests, user_digests
 from .core.naming import relative_target
 from .core.proxies import Proxies
-from .core.ranges import (UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, content_length,
-                          judge, length_disagrees, parse_content_range, range_header)
+from .core.ranges import UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, judge, judge_first, range_header
 from .core.redirects import basic_auth, headers_for, next_hop, redact, split_userinfo
 from .core.results import FAILED, INTERRUPTED, OK, SKIPPED, Result
 from .core.retry import RETRYABLE_STATUSES, RetryPolicy, parse_retry_after
@@ -67,6 +66,8 @@ class Context:
         dest = str(self.options.dest)
         self.dest_prefix = os.path.join(dest, "")
         self.shown_prefix = "" if dest == "." else self.dest_prefix
+        self.checksum = parse_checksum(self.options.checksum) if self.options.checksum else None
+        """--checksum, parsed once."""
 
     options: Options
     index: Index
@@ -206,21 +207,7 @@ class Transfer:
     def _set_name(self, name: str) -> None:
         self.name = name
         self.part = PartFile(self.ctx.dest_prefix + name)
-        self.expected = self._static = self._static_digests()
-
-    def _static_digests(self) -> list[Expected]:
-        if not (self.job.checksum or self.ctx.options.checksum or self.ctx.sums):
-            return []
-        found = []
-        if self.job.checksum:
-            found.append(parse_checksum(self.job.checksum, "checksum= in the URL file"))
-        if self.ctx.options.checksum:
-            found.append(parse_checksum(self.ctx.options.checksum, "--checksum"))
-        by_name = self.ctx.sums.get(os.path.basename(self.name)) or self.ctx.sums.get(self.name) \
-            if self.ctx.sums else None
-        if by_name:
-            found.append(by_name)
-        return found
+        self.expected = self._static = user_digests(name, self.job.checksum, self.ctx.checksum, self.ctx.sums)
 
     def _resume(self, saved) -> Segment:
         self.size, self.validator, self.layout = saved.size, saved.validator, saved.layout
@@ -320,25 +307,26 @@ class Transfer:
         return True
 
     def _accept_first(self, seg: Segment, status: int, headers) -> bool:
-        size, ranged_end = self._first_extent(status, headers)
+        opts = self.ctx.options
+        opening = judge_first(status, headers, segments=opts.segments, min_segment=opts.min_segment_size)
+        if opening.refused:
+            raise (IncompleteBody if opening.lengths_disagree else TransferError)(opening.refused)
         cd = headers.get("content-disposition")
         if (cd or self.url != self.first_url) and not self.job.name:
             wanted = self._wanted_name(cd)
             if wanted != self.name:
                 self._set_name(self.ctx.index.claim(self.job.url, wanted))
-                if not self.ctx.options.overwrite and self._present(self.name):
+                if not opts.overwrite and self._present(self.name):
                     self.skipped = True
                     return False
-        self.size = size
-        self.validator = Validator.from_headers(headers)
-        ranges = (status == 206 or "bytes" in (headers.get("accept-ranges") or "").lower()) \
-            and bool(self.validator.if_range())
-        connections = self._max_connections(ranges)
+        self.size = opening.size
+        self.validator = opening.validator
+        connections = opening.connections
         self.layout = "segments" if connections > 1 else "stream"
-        whole = status == 200 or (ranged_end is not None and ranged_end == size)
-        self.expected = self._static + server_digests(200 if whole else status, headers)
+        self.expected = self._static + server_digests(200 if opening.whole else status, headers)
         self.part.open(fresh=True)
         total = self.size if self.size is not None else UNKNOWN_END
+        ranged_end = opening.carried_end
         seg.end = total
         seg.req_end = ranged_end if ranged_end is not None else seg.end
         # the rest of a file to share out is up for claims, in pieces, from the first byte after
@@ -360,23 +348,6 @@ class Transfer:
             self._helped = True
             self.ctx.scheduler.open_for_help(self)
         return True
-
-    def _first_extent(self, status: int, headers) -> tuple[int | None, int | None]:
-        """(file size, end of the bytes this first response carries) from a 200, a 206 to the
-        first-piece request, or a 416 (an empty file has no first piece)."""
-        if status == 200:
-            return content_length(headers), None
-        if status == 206:
-            crange = parse_content_range(headers.get("content-range"))
-            disagreement = length_disagrees(headers, crange)
-            if disagreement:
-                raise IncompleteBody(disagreement)
-            if crange and crange[0] == 0 and crange[2] is not None:
-                return crange[2], crange[1] + 1
-        if status == 416 and (headers.get("content-range") or "").replace(" ", "").endswith("*/0"):
-            return 0, 0
-        raise TransferError(f"unexpected HTTP {status} to the first request"
-                            + (f" (Content-Range {headers.get('content-range')!r})" if status == 206 else ""))
 
     @property
     def piece(self) -> int:

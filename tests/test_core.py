@@ -27,11 +27,11 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from downloader.config import Options, parse_duration, parse_header, parse_rate, parse_size
-from downloader.core.digests import Expected, parse_checksum, parse_sums_line, server_digests
+from downloader.core.digests import Expected, parse_checksum, parse_sums_line, server_digests, user_digests
 from downloader.core.naming import (MAX_NAME_BYTES, PART_SUFFIX, STATE_DIR, STATE_SUFFIX, disambiguate,
                                     name_from_content_disposition, name_from_url, relative_target, safe_name,
                                     safe_subdir, target_name)
-from downloader.core.ranges import (Segment, SegmentPlan, Validator, connections_for, judge,
+from downloader.core.ranges import (Segment, SegmentPlan, Validator, connections_for, judge, judge_first,
                                     parse_content_range, range_header)
 from downloader.core.ratelimit import TokenBucket
 from downloader.core.headers import header_text
@@ -679,6 +679,39 @@ class TestRanges:
     def test_unexpected_status_restarts(self):
         assert judge(204, {}, start=0, validator=V, size=10).action == "restart"
 
+    def test_a_first_200_is_the_whole_file_on_one_connection_unless_ranges_are_offered(self):
+        plain = judge_first(200, {"content-length": "4000", "etag": '"e"'}, segments=4, min_segment=1000)
+        assert (plain.size, plain.carried_end, plain.connections, plain.whole, plain.refused) == \
+            (4000, None, 1, True, "")
+        offered = judge_first(200, {"content-length": "4000", "etag": '"e"', "accept-ranges": "bytes"},
+                              segments=4, min_segment=1000)
+        assert offered.connections == 4 and offered.validator == Validator('"e"')
+        unprovable = judge_first(200, {"content-length": "4000", "accept-ranges": "bytes"}, segments=4,
+                                 min_segment=1000)
+        assert unprovable.connections == 1  # without a validator a piece cannot be proven to belong
+
+    def test_a_first_206_carries_its_piece_and_tells_the_size(self):
+        opening = judge_first(206, {"content-range": "bytes 0-999/4000", "etag": '"e"'}, segments=4,
+                              min_segment=1000)
+        assert (opening.size, opening.carried_end, opening.connections, opening.whole) == (4000, 1000, 4, False)
+        small = judge_first(206, {"content-range": "bytes 0-99/100", "etag": '"e"'}, segments=4, min_segment=1000)
+        assert (small.size, small.carried_end, small.connections, small.whole) == (100, 100, 1, True)
+
+    def test_a_first_416_is_an_empty_file_only_when_it_says_so(self):
+        empty = judge_first(416, {"content-range": "bytes */0"}, segments=4, min_segment=1000)
+        assert (empty.size, empty.carried_end, empty.refused) == (0, 0, "")
+        assert "HTTP 416" in judge_first(416, {"content-range": "bytes */10"}, segments=4, min_segment=1000).refused
+
+    @pytest.mark.parametrize("status, headers, said, disagree", [
+        (206, {"content-range": "bytes 0-99/200", "content-length": "50"}, "disagrees with its Content-Range", True),
+        (206, {"content-range": "bytes 5-99/200"}, "Content-Range 'bytes 5-99/200'", False),
+        (206, {"content-range": "bytes 0-99/*"}, "unexpected HTTP 206", False),
+        (204, {}, "unexpected HTTP 204", False),
+    ])
+    def test_a_first_answer_that_cannot_start_a_file_says_why(self, status, headers, said, disagree):
+        opening = judge_first(status, headers, segments=4, min_segment=1000)
+        assert said in opening.refused and opening.lengths_disagree is disagree
+
     def test_if_range_prefers_a_strong_etag(self):
         assert V.if_range() == '"abc"'
 
@@ -927,6 +960,14 @@ class TestSegmentPlan:
 
 # ======================================================================== core.digests
 class TestDigests:
+    def test_user_digests_come_from_the_line_the_option_and_the_sums_file(self):
+        line, option, listed = ("sha-256=" + "a" * 64, Expected("md5", "b" * 32, "--checksum"),
+                                Expected("sha1", "c" * 40, "SUMS"))
+        found = user_digests("sub/f.bin", line, option, {"f.bin": listed})
+        assert found == [Expected("sha256", "a" * 64, "checksum= in the URL file"), option, listed]
+        assert user_digests("sub/f.bin", None, None, {"sub/f.bin": listed}) == [listed]  # by path too
+        assert user_digests("g.bin", None, None, {"f.bin": listed}) == []
+
     @pytest.mark.parametrize("name, algorithm", [
         ("md5", "md5"), ("sha-1", "sha1"), ("sha1", "sha1"), ("sha-224", "sha224"), ("sha224", "sha224"),
         ("sha-256", "sha256"), ("sha256", "sha256"), ("sha-384", "sha384"), ("sha384", "sha384"),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import os
 import re
 from dataclasses import dataclass
 
@@ -51,6 +52,25 @@ def parse_checksum(text: str, source: str = "--checksum") -> Expected:
     if len(hexdigest) != _HEX_LENGTH[algorithm] or not re.fullmatch(r"[0-9a-f]+", hexdigest):
         raise ValueError(f"checksum {text!r}: a {algo} digest is {_HEX_LENGTH[algorithm]} hex digits")
     return Expected(algorithm, hexdigest, source)
+
+
+def user_digests(name: str, line_checksum: str | None, checksum: Expected | None,
+                 sums: dict[str, Expected]) -> list[Expected]:
+    """Every digest the user gave for the file named `name` (a path in the output folder): its
+    URL-file line's `checksum=`, `--checksum` (`checksum`, parsed once per batch), and its line in
+    `--sums` (by base name, else by path). The intake checks a file already there against them,
+    a download is verified against them."""
+    if not (line_checksum or checksum or sums):
+        return []
+    found = []
+    if line_checksum:
+        found.append(parse_checksum(line_checksum, "checksum= in the URL file"))
+    if checksum is not None:
+        found.append(checksum)
+    by_name = sums.get(os.path.basename(name)) or sums.get(name) if sums else None
+    if by_name:
+        found.append(by_name)
+    return found
 
 
 def server_digests(status: int, headers) -> list[Expected]:

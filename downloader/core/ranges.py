@@ -153,6 +153,53 @@ def judge(status: int, headers, *, start: int, validator: Validator, size: int |
     return Verdict("restart", 0, None, f"unexpected HTTP {status}")
 
 
+class Opening(NamedTuple):
+    """What the first answer for a file means (`judge_first`), for Transfer to act on."""
+
+    size: int | None = None
+    """The whole file's size, when the answer tells it."""
+    carried_end: int | None = None
+    """Where the bytes this answer carries end: a 206 to the first-piece request (None: a 200,
+    whose body is the file)."""
+    validator: Validator = Validator()
+    connections: int = 1
+    """How many connections the file may take."""
+    whole: bool = False
+    """Whether this answer carries the whole file (so a Content-Digest describes the file)."""
+    refused: str = ""
+    """Why this answer cannot start the file; "" when it can."""
+    lengths_disagree: bool = False
+    """The refusal is a 206 whose lengths contradict each other (asked again like a cut body)."""
+
+
+def judge_first(status: int, headers, *, segments: int, min_segment: int) -> Opening:
+    """The first 2xx/416 answer for a file (to a plain GET, or to a request for its first piece):
+    its size, the bytes it carries, and how many connections the file may take.
+
+    >>> judge_first(206, {"content-range": "bytes 0-99/1000", "etag": '"e"'}, segments=4, min_segment=100)[:2]
+    (1000, 100)
+    """
+    if status == 200:
+        size, end = content_length(headers), None
+    elif status == 206:
+        crange = parse_content_range(headers.get("content-range"))
+        disagreement = length_disagrees(headers, crange)
+        if disagreement:
+            return Opening(refused=disagreement, lengths_disagree=True)
+        if not (crange and crange[0] == 0 and crange[2] is not None):
+            return Opening(refused=f"unexpected HTTP 206 to the first request "
+                                   f"(Content-Range {headers.get('content-range')!r})")
+        size, end = crange[2], crange[1] + 1
+    elif status == 416 and (headers.get("content-range") or "").replace(" ", "").endswith("*/0"):
+        size, end = 0, 0  # an empty file has no first piece
+    else:
+        return Opening(refused=f"unexpected HTTP {status} to the first request")
+    validator = Validator.from_headers(headers)
+    ranges = (status == 206 or "bytes" in (headers.get("accept-ranges") or "").lower()) and bool(validator.if_range())
+    return Opening(size, end, validator, connections_for(size, ranges, segments, min_segment),
+                   status == 200 or (end is not None and end == size))
+
+
 class Segment:
     """One connection's share of a file: bytes [pos, end) are still to come. The connection asks
     for them in requests, [cursor, req_end); bytes before `cursor` are on disk or queued for it."""
