@@ -29,7 +29,7 @@ from typing import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from .config import Options
-from .core.digests import Expected, parse_checksum, server_digests, user_digests
+from .core.digests import Expected, mismatch, parse_checksum, server_digests, user_digests
 from .core.naming import relative_target
 from .core.proxies import Proxies
 from .core.ranges import UNKNOWN_END, Segment, SegmentPlan, Validator, connections_for, judge, judge_first, range_header
@@ -589,10 +589,9 @@ class Transfer:
         self._drop_hashers()
         if digests is None:  # no hasher followed the whole file (resumed from elsewhere, a read error)
             digests = file_digests(self.part.part, algorithms)
-        for expected in self.expected:
-            actual = digests[expected.algorithm]
-            if actual != expected.hexdigest:
-                raise ChecksumMismatch(expected.algorithm, expected.hexdigest, actual, expected.source)
+        wrong = mismatch(self.expected, digests)
+        if wrong is not None:
+            raise ChecksumMismatch(wrong.algorithm, wrong.hexdigest, digests.get(wrong.algorithm), wrong.source)
         return digests
 
     def _start_over(self, reason: str) -> Result | Segment:

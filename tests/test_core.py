@@ -27,7 +27,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from downloader.config import Options, parse_duration, parse_header, parse_rate, parse_size
-from downloader.core.digests import Expected, parse_checksum, parse_sums_line, server_digests, user_digests
+from downloader.core.digests import (Expected, mismatch, parse_checksum, parse_sums_line, server_digests, spelled,
+                                     user_digests)
 from downloader.core.naming import (MAX_NAME_BYTES, PART_SUFFIX, STATE_DIR, STATE_SUFFIX, disambiguate,
                                     name_from_content_disposition, name_from_url, relative_target, safe_name,
                                     safe_subdir, target_name)
@@ -959,7 +960,19 @@ class TestSegmentPlan:
 
 
 # ======================================================================== core.digests
+def file_digests_of(data: bytes, algorithms: set[str]) -> dict[str, str]:
+    return {a: hashlib.new(a, data).hexdigest() for a in algorithms}
+
+
 class TestDigests:
+    def test_mismatch_names_the_first_digest_the_bytes_do_not_have(self):
+        good, bad = Expected("md5", hashlib.md5(b"x").hexdigest()), Expected("sha256", "0" * 64, "SUMS")
+        actual = file_digests_of(b"x", {"md5", "sha256"})
+        assert mismatch([good], actual) is None
+        assert mismatch([good, bad], actual) == bad
+        assert mismatch([Expected("sha1", "0" * 40)], actual).algorithm == "sha1"  # a digest not computed is no match
+        assert [spelled(a) for a in ("md5", "sha1", "sha256", "sha512")] == ["md5", "sha-1", "sha-256", "sha-512"]
+
     def test_user_digests_come_from_the_line_the_option_and_the_sums_file(self):
         line, option, listed = ("sha-256=" + "a" * 64, Expected("md5", "b" * 32, "--checksum"),
                                 Expected("sha1", "c" * 40, "SUMS"))

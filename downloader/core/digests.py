@@ -17,6 +17,7 @@ import binascii
 import os
 import re
 from dataclasses import dataclass
+from typing import Iterable
 
 ALGORITHMS = {"md5": "md5", "sha-1": "sha1", "sha1": "sha1", "sha-224": "sha224", "sha224": "sha224",
               "sha-256": "sha256", "sha256": "sha256", "sha-384": "sha384", "sha384": "sha384",
@@ -71,6 +72,20 @@ def user_digests(name: str, line_checksum: str | None, checksum: Expected | None
     if by_name:
         found.append(by_name)
     return found
+
+
+def mismatch(expected: Iterable[Expected], actual: dict[str, str]) -> Expected | None:
+    """The first of `expected` that the bytes' digests (`actual`, `{algorithm: hex}`) do not
+    match; None when every one matches."""
+    for e in expected:
+        if actual.get(e.algorithm) != e.hexdigest:
+            return e
+    return None
+
+
+def spelled(algorithm: str) -> str:
+    """An algorithm as users write it (aria2's names): "sha256" -> "sha-256"."""
+    return f"sha-{algorithm[3:]}" if algorithm.startswith("sha") else algorithm
 
 
 def server_digests(status: int, headers) -> list[Expected]:

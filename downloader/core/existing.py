@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol, Sequence
 
-from .digests import Expected
+from .digests import Expected, mismatch, spelled
 
 SKIP, FETCH, VERIFY = "skip", "fetch", "verify"
 _SKIP = _FETCH = None  # set below: the plain verdicts, shared (asked for once per URL of a long list)
@@ -62,13 +62,11 @@ def on_disk(known: Known | None, present_size: int | None, digests: Sequence[Exp
 
 def after_hashing(expected: Sequence[Expected], actual: dict[str, str]) -> Verdict:
     """The verdict once the file's digests (`{algorithm: hex}`) are known."""
-    for e in expected:
-        if actual.get(e.algorithm) != e.hexdigest:
-            name = {"sha256": "sha-256", "sha1": "sha-1", "sha224": "sha-224", "sha384": "sha-384",
-                    "sha512": "sha-512"}.get(e.algorithm, e.algorithm)
-            return Verdict(FETCH, f"it did not match the expected {name}"
-                           + (" (--check-integrity)" if e.source == "the index" else ""))
-    return _SKIP
+    wrong = mismatch(expected, actual)
+    if wrong is None:
+        return _SKIP
+    return Verdict(FETCH, f"it did not match the expected {spelled(wrong.algorithm)}"
+                   + (" (--check-integrity)" if wrong.source == "the index" else ""))
 
 
 _SKIP, _FETCH = Verdict(SKIP), Verdict(FETCH)
