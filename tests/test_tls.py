@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ssl
 import subprocess
+import sys
 
 import pytest
 import trustme
@@ -84,6 +85,29 @@ def test_the_system_store_is_what_openssl_was_built_to_trust_whatever_the_enviro
     paths = ssl.get_default_verify_paths()
     assert (ca_file, ca_dir) != ("/nowhere.pem", None)
     assert ca_file in (paths.openssl_cafile, None) or ca_file.endswith("cacert.pem")  # else certifi's
+
+
+def test_the_system_store_is_looked_up_when_a_first_https_connection_needs_it():
+    settings = decide_tls(environ={})
+    assert settings.system_pending and (settings.ca_file, settings.ca_dir) == (None, None)
+    found = settings.trust()
+    assert not found.system_pending and (found.ca_file, found.ca_dir) == system_store()
+    assert found.trusted == ("the system store" if found.ca_file or found.ca_dir else "nothing")
+    assert settings.trust() is found and found.trust() is found  # looked up once
+    given = decide_tls(environ={}, system=SYSTEM)
+    assert given.trust() is given and given.ca_file == "/system/ca.pem"
+
+
+def test_an_http_batch_in_the_curl_mode_never_loads_pythons_ssl(url, tmp_path):
+    pytest.importorskip("pycurl")
+    argv = ["get", "-m", "curl", "-q", "-d", str(tmp_path), url("/gen/plain.bin", size=10)]
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "downloader", *argv], capture_output=True,
+                          text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[1].strip() for line in proc.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "pycurl" in imported and "ssl" not in imported  # the check can see an import when there is one
+    assert (tmp_path / "plain.bin").stat().st_size == 10
 
 
 @pytest.mark.parametrize("options, line", [

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import os
 import re
-import ssl
 import threading
-from dataclasses import dataclass
-from typing import Mapping
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Mapping
+
+if TYPE_CHECKING:
+    import ssl
 
 CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
 """Environment variables that name the certificates to trust, in the order they are looked at."""
@@ -54,6 +56,24 @@ class TlsSettings:
     cert_file: str | None = None
     """A client certificate (PEM) to present; its key is in `key_file`, or in this file too."""
     key_file: str | None = None
+    system_pending: bool = False
+    """The trust is the system's store, not looked up yet: `trust()` looks it up when a first
+    https:// connection needs it, on the machine that makes it (a cluster's worker finds its own).
+    Finding it loads Python's ssl module (about 6 ms), which an http:// batch in the curl mode
+    does not need at all."""
+
+    def trust(self) -> TlsSettings:
+        """These settings with the system's store looked up (`ca_file`, `ca_dir` and `trusted`
+        final), once; the settings themselves when nothing was left to look up."""
+        if not self.system_pending:
+            return self
+        found = self.__dict__.get("_found")
+        if found is None:  # two threads may both look: they find the same store
+            ca_file, ca_dir = system_store()
+            found = self.__dict__["_found"] = replace(
+                self, ca_file=ca_file, ca_dir=ca_dir, system_pending=False,
+                trusted="the system store" if (ca_file or ca_dir) else "nothing")
+        return found
 
     @property
     def ssl_context(self) -> ssl.SSLContext:
@@ -65,10 +85,11 @@ class TlsSettings:
             with _BUILDING:
                 context = self.__dict__.get("_ssl_context")
                 if context is None:
-                    context = self.__dict__["_ssl_context"] = self._new_ssl_context()
+                    context = self.__dict__["_ssl_context"] = self.trust()._new_ssl_context()
         return context
 
     def _new_ssl_context(self) -> ssl.SSLContext:
+        import ssl
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         if self.verify:
             if self.ca_file or self.ca_dir:
@@ -91,7 +112,8 @@ def decide_tls(*, ca_certificate: str | os.PathLike | None = None, insecure: boo
                environ: Mapping[str, str] | None = None, system: tuple[str | None, str | None] | None = None,
                ) -> TlsSettings:
     """The batch's TLS settings from the options and the environment (`os.environ` by default).
-    `system` is (CA file, CA folder) of the system store (found with `system_store()` by default).
+    `system` is (CA file, CA folder) of the system store; by default `system_store()` finds it
+    when a first https:// connection needs it (`TlsSettings.trust`).
     Raises ValueError with one line naming the option or variable whose file cannot be used."""
     environ = os.environ if environ is None else environ
     cert_file, key_file = _client_certificate(certificate, private_key)
@@ -99,7 +121,7 @@ def decide_tls(*, ca_certificate: str | os.PathLike | None = None, insecure: boo
         return TlsSettings(verify=False, trusted="--insecure", cert_file=cert_file, key_file=key_file)
     ca_file, ca_dir, trusted = _trust(ca_certificate, environ, system)
     return TlsSettings(verify=True, ca_file=ca_file, ca_dir=ca_dir, trusted=trusted, cert_file=cert_file,
-                       key_file=key_file)
+                       key_file=key_file, system_pending=not trusted)
 
 
 def _trust(ca_certificate, environ: Mapping[str, str], system) -> tuple[str | None, str | None, str]:
@@ -115,7 +137,9 @@ def _trust(ca_certificate, environ: Mapping[str, str], system) -> tuple[str | No
             return None, value, name
         _readable(value, f"{name}={value}")
         return value, None, name
-    ca_file, ca_dir = system if system is not None else system_store()
+    if system is None:
+        return None, None, ""  # the system's store, looked up on first use
+    ca_file, ca_dir = system
     return ca_file, ca_dir, "the system store" if (ca_file or ca_dir) else "nothing"
 
 
@@ -123,6 +147,7 @@ def system_store() -> tuple[str | None, str | None]:
     """(CA file, CA folder) this system's OpenSSL trusts by default, whatever the environment says;
     certifi's bundle (requests' dependency) when the system has neither; (None, None) when there
     is not even that, and then no certificate can be verified."""
+    import ssl
     paths = ssl.get_default_verify_paths()
     if paths.openssl_cafile and os.path.isfile(paths.openssl_cafile):
         return paths.openssl_cafile, None
@@ -149,6 +174,7 @@ def _readable(path: str, what: str) -> bytes:
 
 
 def _check_ca_bundle(path: str, what: str) -> None:
+    import ssl
     _readable(path, what)
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
@@ -171,6 +197,7 @@ def _client_certificate(certificate, private_key) -> tuple[str | None, str | Non
     if b"ENCRYPTED" in key_head:
         raise ValueError(f"--private-key: {key_file or cert_file} is protected by a passphrase, which is not "
                          "supported (decrypt it with: openssl pkey -in KEY -out PLAIN-KEY)")
+    import ssl
     try:
         ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_cert_chain(cert_file, key_file, password=_no_passphrase)
     except (ssl.SSLError, ValueError, OSError) as exc:

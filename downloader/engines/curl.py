@@ -178,11 +178,13 @@ class Connection:
         curl.setopt(pycurl.NETRC, pycurl.NETRC_IGNORED)
         curl.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
         curl.setopt(pycurl.USERAGENT, engine.user_agent)
-        self._set_tls(engine.ctx.tls)
+        self._tls_set = False
 
     def _set_tls(self, tls: TlsSettings) -> None:
-        """The batch's TLS (core.tls), always set: the pycurl wheel's libcurl would otherwise look for
-        certificates where it was built (a Red Hat path), not where this system keeps them."""
+        """The batch's TLS (core.tls), set before the handle's first https:// request: the pycurl
+        wheel's libcurl would otherwise look for certificates where it was built (a Red Hat path),
+        not where this system keeps them."""
+        self._tls_set = True
         curl = self.curl
         if tls.verify:
             for option, path in ((pycurl.CAINFO, tls.ca_file), (pycurl.CAPATH, tls.ca_dir)):
@@ -212,6 +214,8 @@ class Connection:
             # wait for a connection that may multiplex (HTTP/2, offered over TLS) rather than open
             # another; over plain http there is none, and libcurl would wait for the busy one to end
             curl.setopt(pycurl.PIPEWAIT, secure)
+            if secure and not self._tls_set:
+                self._set_tls(self.engine.ctx.tls.trust())
         self.proxy = proxy
         self.tunnel, self.tunnel_answer = proxy is not None and secure, None
         self.lines.clear()
