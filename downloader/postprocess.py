@@ -321,9 +321,12 @@ class PostStage:
             self._closed = True
             self._wake_waiters()
         if cancel:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self.cancel()
         with self._slot_freed:
             self._slot_freed.wait_for(lambda: self._pending == 0)
+        cancelling = self.__dict__.get("_cancelling")
+        if cancelling is not None:
+            cancelling.join()  # a pool's shutdown must not run twice at once (both close its queues)
         self._executor.shutdown()
 
     def __enter__(self) -> PostStage:
@@ -334,8 +337,18 @@ class PostStage:
 
     def cancel(self) -> None:
         """Drop the files no worker has started yet (each still reaches `on_done`, "cancelled");
-        tasks already running finish. Safe to call from a signal handler while `close` waits."""
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        tasks already running finish. Safe to call from a signal handler while `close` waits.
+
+        The shutdown runs on a thread of its own, and waits: a process pool's workers end only
+        when its manager thread has sent them their sentinels, and `shutdown(wait=False)` forgets
+        that thread, so a later `shutdown()` in `close` would return at once; a program that then
+        ends with `os._exit` left workers blocked on their queue for ever, holding its stderr
+        (seen under load). Off the signal handler, the cancelled files' `on_done` callbacks do
+        not run inside it either. `close` waits for that thread before its own shutdown."""
+        mine = threading.Thread(target=self._executor.shutdown, kwargs={"cancel_futures": True},
+                                name="post-cancel", daemon=True)
+        if self.__dict__.setdefault("_cancelling", mine) is mine:  # once, even from a signal handler
+            mine.start()
 
     def _new_executor(self) -> Executor:
         if self._kind == "process":
