@@ -247,6 +247,27 @@ def test_leaving_on_an_exception_cancels_files_not_yet_started(tmp_path: Path) -
     assert _values(finished.results["running"]) == [("sha256", _sha256(b"running"), None)]
 
 
+def test_after_a_cancel_close_returns_only_once_every_worker_process_has_ended(tmp_path: Path) -> None:
+    """A program that ends with os._exit right after close (the CLI does) must leave no worker
+    behind: one left blocked on its queue holds the program's stderr open for ever."""
+    import multiprocessing
+    paths = []
+    for i in range(4):
+        paths.append(tmp_path / f"f{i}.bin")
+        paths[-1].write_bytes(b"x" * (i + 1))
+    before = set(multiprocessing.active_children())
+    finished = Finished()
+    stage = PostStage((SHA256,), executor="process", workers=2, on_done=finished)
+    for i, path in enumerate(paths):
+        stage.submit(str(path), f"f{i}")
+    workers = set(multiprocessing.active_children()) - before
+    assert workers  # the check can see the pool's processes
+    stage.cancel()  # as a first Ctrl-C does, from the signal handler
+    stage.close(cancel=True)
+    assert not [p for p in workers if p.is_alive()]
+    assert sorted(finished.results) == [f"f{i}" for i in range(4)]  # each finished or cancelled, none lost
+
+
 def test_close_is_idempotent_and_refuses_later_files(tmp_path: Path) -> None:
     path = tmp_path / "a.bin"
     path.write_bytes(b"a")
