@@ -396,6 +396,10 @@ class PostStage:
 
     def _submit_to_executor(self, path: str) -> Future:
         executor = self._executor
+        if "_cancelling" in self.__dict__:  # a file done after a Ctrl-C: its tasks are not started
+            future: Future = Future()
+            future.cancel()
+            return future
         try:
             return executor.submit(run_tasks, self._tasks, path)
         except BrokenExecutor:

@@ -268,6 +268,17 @@ def test_after_a_cancel_close_returns_only_once_every_worker_process_has_ended(t
     assert sorted(finished.results) == [f"f{i}" for i in range(4)]  # each finished or cancelled, none lost
 
 
+def test_a_file_done_after_a_cancel_is_reported_cancelled_not_an_error(tmp_path: Path) -> None:
+    path = tmp_path / "late.bin"
+    path.write_bytes(b"late")
+    finished = Finished()
+    stage = PostStage((SHA256,), executor="thread", workers=1, on_done=finished)
+    stage.cancel()  # the first Ctrl-C; a download in flight lands afterwards
+    stage.submit(str(path), "late")
+    stage.close(cancel=True)
+    assert _values(finished.results["late"]) == [("sha256", None, "sha256 on late.bin: cancelled")]
+
+
 def test_close_is_idempotent_and_refuses_later_files(tmp_path: Path) -> None:
     path = tmp_path / "a.bin"
     path.write_bytes(b"a")
